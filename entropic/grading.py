@@ -1,0 +1,121 @@
+"""Decide whether a parsed answer matches any of a question's gold aliases.
+
+Correctness is the label that both the reward and every calibration metric are built on, and RL
+finds loopholes fast: a grader that credits "Paris or Lyon" for Paris teaches the model to hedge
+inside the answer instead of in its confidence. The rules below are therefore strict about lists
+of candidates and lenient only about wording around a single answer ("Paris, France").
+"""
+
+import re
+import string
+import unicodedata
+from collections.abc import Sequence
+
+# Containment credit is for short answers only; a long one can mention the gold in passing.
+MAX_ANSWER_WORDS = 8
+
+_ARTICLES = re.compile(r"\b(?:a|an|the)\b")
+# Separators between candidates. A comma between digits is a thousands separator ("1,000").
+# No surrounding \s*: normalisation drops the spaces, and \s* runs would backtrack quadratically.
+_SEPARATOR = re.compile(r"(\bor\b|\band\b|[&;/|]|(?<!\d),|,(?!\d))", re.IGNORECASE)
+# Markers contain punctuation, so they can never collide with a normalised word.
+_SEPARATOR_MARKERS = {
+    "or": "<or>",
+    ";": "<;>",
+    "/": "</>",
+    "|": "<|>",
+    "and": "<and>",
+    "&": "<and>",
+    ",": "<,>",
+}
+_MARKERS = frozenset(_SEPARATOR_MARKERS.values())
+# "Paris or Lyon", "Paris; Lyon", "Paris/Lyon": always a choice between candidates.
+_HEDGE_MARKERS = frozenset({"<or>", "<;>", "</>", "<|>"})
+
+
+def normalize_answer(text: str) -> str:
+    """Normalise text the SQuAD / TriviaQA way, plus accent stripping.
+
+    Steps: strip accents (NFKD, then drop combining marks, so "São Tomé" matches "Sao Tome"),
+    lower-case, delete punctuation (any Unicode punctuation as well as ASCII symbols, so "U.S."
+    becomes "us" and "1,000" becomes "1000"), delete the articles a/an/the, collapse whitespace.
+    """
+    decomposed = unicodedata.normalize("NFKD", text)
+    text = "".join(char for char in decomposed if not unicodedata.combining(char)).lower()
+    text = "".join(char for char in text if not _is_punctuation(char))
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def is_correct(
+    answer: str | None, aliases: Sequence[str], max_answer_words: int = MAX_ANSWER_WORDS
+) -> bool:
+    """Return True when ``answer`` names one of the gold ``aliases`` and nothing else.
+
+    After `normalize_answer`, an answer is correct when it equals an alias, or when it has at most
+    ``max_answer_words`` words and contains a non-empty alias as a whole-word sequence that is not
+    part of a list of candidates. The answer is cut at separators, except those inside the
+    matched alias itself (so "Trinidad and Tobago" still counts as one name):
+
+    - " or ", ";", "/", "|" anywhere outside the alias make it a hedge: "Paris or Lyon",
+      "Either Paris or Rome", "Paris/Lyon" earn nothing even when Paris is gold.
+    - "," and " and " (or "&") make it a list when the alias is not in the first segment or
+      when there are more than two segments. "Paris, France" is correct for Paris, and so is
+      "Paris, Lyon": since only the first segment can earn credit, a second candidate never
+      raises the reward over answering the first alone, so it is not a loophole. "Lyon, Paris"
+      and "Paris, Lyon, Marseille" earn nothing.
+
+    A list without separators ("Paris Lyon") is not detected; the word limit only bounds it.
+    A ``None`` or empty answer is wrong.
+    """
+    if answer is None:
+        return False
+    normalized_aliases = {normalize_answer(alias) for alias in aliases} - {""}
+    normalized_answer = normalize_answer(answer)
+    if not normalized_answer:
+        return False
+    if normalized_answer in normalized_aliases:
+        return True
+    if len(normalized_answer.split()) > max_answer_words:
+        return False
+    answer_tokens = _tokens(answer)
+    return any(
+        _is_single_candidate_match(answer_tokens, start, start + len(alias_tokens))
+        for alias_tokens in (_tokens(alias) for alias in aliases)
+        if any(token not in _MARKERS for token in alias_tokens)
+        for start in _occurrences(alias_tokens, answer_tokens)
+    )
+
+
+def _is_punctuation(char: str) -> bool:
+    return char in string.punctuation or unicodedata.category(char).startswith("P")
+
+
+def _tokens(text: str) -> list[str]:
+    """Normalised words with each separator kept as a marker such as "<or>" or "<,>"."""
+    tokens = []
+    # With one capturing group, re.split puts the separators at the odd indices.
+    for index, piece in enumerate(_SEPARATOR.split(text)):
+        if index % 2:
+            tokens.append(_SEPARATOR_MARKERS[piece.lower()])
+        else:
+            tokens.extend(normalize_answer(piece).split())
+    return tokens
+
+
+def _occurrences(needle: list[str], haystack: list[str]) -> list[int]:
+    width = len(needle)
+    return [
+        start
+        for start in range(len(haystack) - width + 1)
+        if haystack[start : start + width] == needle
+    ]
+
+
+def _is_single_candidate_match(tokens: list[str], start: int, end: int) -> bool:
+    """Whether the alias at ``tokens[start:end]`` is the answer rather than one item of a list."""
+    before, after = tokens[:start], tokens[end:]
+    if any(token in _HEDGE_MARKERS for token in before + after):
+        return False
+    separators_before = [token for token in before if token in _MARKERS]
+    separators_after = [token for token in after if token in _MARKERS]
+    return not separators_before and len(separators_after) <= 1

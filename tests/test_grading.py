@@ -1,0 +1,100 @@
+"""Table-driven tests for `entropic.grading`: normalisation, matching, and hedge detection."""
+
+import pytest
+
+from entropic.grading import MAX_ANSWER_WORDS, is_correct, normalize_answer
+
+NORMALIZE_CASES = [
+    # (text, expected, why)
+    ("The Eiffel Tower", "eiffel tower", "lower case and the article goes"),
+    ("a cat and an owl", "cat and owl", "all three articles go, other words stay"),
+    ("Theatre", "theatre", "articles are whole words only"),
+    ("U.S.A.", "usa", "punctuation is deleted, not spaced, so abbreviations stay one word"),
+    ("1,000", "1000", "thousands separators vanish"),
+    ("O’Neill", "oneill", "Unicode punctuation goes like ASCII"),
+    ("São Tomé", "sao tome", "accents are stripped via NFKD"),
+    ("  New \t York\n", "new york", "whitespace collapses"),
+    ("...", "", "punctuation only normalises to nothing"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [case[:2] for case in NORMALIZE_CASES],
+    ids=[case[2] for case in NORMALIZE_CASES],
+)
+def test_normalize_answer(text, expected):
+    assert normalize_answer(text) == expected
+
+
+CORRECT_CASES = [
+    # (answer, aliases, expected, why)
+    ("Paris", ["Paris"], True, "exact match"),
+    ("paris.", ["Paris"], True, "case and punctuation do not matter"),
+    ("The Beatles", ["Beatles"], True, "articles do not matter"),
+    ("Sao Tome", ["São Tomé"], True, "accents do not matter"),
+    ("Lyon", ["Paris"], False, "a wrong answer"),
+    ("Pari", ["Paris"], False, "a prefix is not the word"),
+    ("Parisian", ["Paris"], False, "containment is by whole words, not characters"),
+    ("Paris", ["Lyon", "City of Light", "Paris"], True, "any alias counts"),
+    (None, ["Paris"], False, "no parsed answer"),
+    ("", ["Paris"], False, "empty answer"),
+    ("the", ["The"], False, "an answer and alias that normalise to nothing never match"),
+    ("Paris", [], False, "no aliases, nothing can match"),
+    ("Paris", ["", "..."], False, "empty aliases are ignored, not matched by everything"),
+    ("It is Paris", ["Paris"], True, "containment inside a short answer"),
+    ("Paris (France)", ["Paris"], True, "a parenthetical qualifier"),
+    ("Paris, France", ["Paris"], True, "city, country names one place, not a list"),
+    ("Paris, France", ["France"], False, "the qualifier is not the answer"),
+    ("Trinidad and Tobago", ["Trinidad and Tobago"], True, "an alias with 'and' matches whole"),
+    ("Trinidad and Tobago, Caribbean", ["Trinidad and Tobago"], True, "'and' inside the alias"),
+    ("Hit or Miss (TV series)", ["Hit or Miss"], True, "'or' inside the alias is not a hedge"),
+    ("AC/DC", ["AC/DC"], True, "a slash inside the alias"),
+    ("1,000 metres", ["1,000"], True, "a thousands comma is not a list separator"),
+    ("Paris or Lyon", ["Paris"], False, "'or' offers two candidates"),
+    ("Lyon or Paris", ["Paris"], False, "whichever side the gold is on"),
+    ("Either Paris or Rome", ["Paris"], False, "'either ... or' is the same hedge"),
+    ("Paris (or maybe Lyon)", ["Paris"], False, "a hedge in parentheses"),
+    ("Paris/Lyon", ["Paris"], False, "a slash offers two candidates"),
+    ("Paris; Lyon", ["Paris"], False, "a semicolon offers two candidates"),
+    ("Paris | Lyon", ["Paris"], False, "a pipe offers two candidates"),
+    ("Paris, Lyon, Marseille", ["Paris"], False, "three comma segments are a list"),
+    ("Lyon, Paris", ["Paris"], False, "gold in a later comma segment is a list item"),
+    ("Lyon and Paris", ["Paris"], False, "gold in a later 'and' segment is a list item"),
+    ("Paris, Lyon", ["Paris"], True, "only the first segment can earn, so no gain over 'Paris'"),
+    ("Paris and Lyon", ["Paris"], True, "same: the second candidate never adds reward"),
+    ("Paris, Lyon", ["Lyon"], False, "and the second candidate earns nothing"),
+    ("Paris, Lyon", ["Paris, Lyon"], True, "an answer equal to an alias always counts"),
+    ("Paris & Lyon & Nice", ["Paris"], False, "'&' is read as 'and'"),
+    ("Paris ,Lyon,Nice", ["Paris"], False, "separators are found whatever the spacing"),
+    ("Paris OR Lyon", ["Paris"], False, "separator words are case-insensitive"),
+    ("Portland, Oregon", ["Portland"], True, "'or' inside a word is not a separator"),
+    (
+        "I think the answer is probably Paris",
+        ["Paris"],
+        True,
+        "six words is short enough for containment",
+    ),
+    (
+        "well it could be many places but I would say Paris",
+        ["Paris"],
+        False,
+        f"more than {MAX_ANSWER_WORDS} words can mention the gold in passing",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("answer", "aliases", "expected"),
+    [case[:3] for case in CORRECT_CASES],
+    ids=[case[3] for case in CORRECT_CASES],
+)
+def test_is_correct(answer, aliases, expected):
+    assert is_correct(answer, aliases) is expected
+
+
+def test_long_answer_is_still_correct_when_it_equals_an_alias():
+    # Why: the word limit guards containment only; a long gold title must match itself.
+    title = "The Man Who Shot Liberty Valance and Other Stories of the West"
+    assert is_correct(title, [title])
+    assert not is_correct(title, ["Liberty Valance"])
