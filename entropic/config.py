@@ -1,0 +1,342 @@
+"""Typed view of the composed Hydra config, validated once before anything expensive runs.
+
+`RunConfig.from_hydra(cfg)` turns the DictConfig composed from `conf/` into dataclasses. Every
+`__post_init__` raises `ConfigError` naming the key and the fix, so a bad sweep point fails in
+milliseconds instead of after the model has loaded (TRL's `GRPOConfig.__post_init__` is the model).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key and how to fix it."""
+
+
+def _require(condition: bool, key: str, problem: str, fix: str) -> None:
+    if not condition:
+        raise ConfigError(f"{key}: {problem}. Fix: {fix}")
+
+
+def _one_of(value: str, valid: list[str] | tuple[str, ...], key: str) -> None:
+    _require(
+        value in valid,
+        key,
+        f"unknown value {value!r}",
+        f"use one of {sorted(valid)} (e.g. {key.split('.')[0]}={sorted(valid)[0]})",
+    )
+
+
+MODEL_SOURCES = ("gguf_package", "hub", "path", "tiny_random")
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+@dataclass
+class ModelConfig:
+    # registry name shown in MLflow (smollm2_135m, qwen3_4b_instruct, ...)
+    name: str
+    # where the weights come from: gguf_package | hub | path | tiny_random
+    source: str
+    # hub id (source=hub) or the Python package holding the GGUF (source=gguf_package)
+    id: str | None = None
+    # GGUF file inside the package (source=gguf_package)
+    gguf_file: str | None = None
+    # local checkpoint directory (source=path)
+    path: str | None = None
+    # torch dtype for training and generation
+    dtype: str = "float32"
+    # hub id of the tokenizer to pair with tiny_random (None: the embedded SmolLM2 tokenizer)
+    tokenizer: str | None = None
+
+    def __post_init__(self) -> None:
+        _one_of(self.source, MODEL_SOURCES, "model.source")
+        _one_of(self.dtype, DTYPES, "model.dtype")
+        if self.source == "hub":
+            _require(bool(self.id), "model.id", "a hub model needs an id", "set model.id=org/name")
+        if self.source == "path":
+            _require(
+                bool(self.path), "model.path", "is empty", "set model.path=/dir/with/config.json"
+            )
+        if self.source == "gguf_package":
+            _require(
+                bool(self.id and self.gguf_file),
+                "model.id/model.gguf_file",
+                "a GGUF package model needs the package and the file",
+                "see conf/model/smollm2_135m.yaml",
+            )
+
+
+@dataclass
+class DataConfig:
+    # dataset registry name: geo | triviaqa | jsonl
+    name: str
+    # training pool size (questions)
+    train_size: int
+    # held-out evaluation questions
+    eval_size: int
+    # loader-specific options (geo kinds, jsonl path, split_seed, ...)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _require(self.train_size > 0, "data.train_size", "must be > 0", "e.g. data.train_size=1600")
+        _require(self.eval_size > 0, "data.eval_size", "must be > 0", "e.g. data.eval_size=500")
+
+
+PROMPT_FORMATS = ("lines", "tags")
+
+
+@dataclass
+class PromptConfig:
+    # prompt name (default, calibration_aggressive, ...)
+    name: str
+    # system message: what to answer and how to state confidence
+    system: str
+    # answer format the few-shot turns teach: lines (Answer:/Confidence:) or tags
+    format: str = "lines"
+    # few-shot turns, each {question, answer, confidence}
+    few_shot: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _one_of(self.format, PROMPT_FORMATS, "prompt.format")
+        for i, turn in enumerate(self.few_shot):
+            _require(
+                {"question", "answer", "confidence"} <= set(turn),
+                f"prompt.few_shot[{i}]",
+                "needs question, answer and confidence",
+                "see conf/prompt/default.yaml",
+            )
+
+
+@dataclass
+class RewardConfig:
+    # reward registry name: brier | stability | mixed | rlcr | log_score | calibrated
+    name: str
+    # share of training questions that are labeled (Brier); the rest get stability
+    labeled_fraction: float = 1.0
+    # reward for a completion whose answer or confidence cannot be parsed
+    format_penalty: float = 0.0
+    # confidence floor for log_score, so log(0) cannot occur
+    log_score_floor: float = 0.01
+
+    def __post_init__(self) -> None:
+        _require(
+            0.0 <= self.labeled_fraction <= 1.0 and not math.isnan(self.labeled_fraction),
+            "reward.labeled_fraction",
+            f"{self.labeled_fraction} is outside [0, 1]",
+            "a share, e.g. reward.labeled_fraction=0.5 (1.0: pure Brier, 0.0: pure stability)",
+        )
+        _require(
+            0.0 < self.log_score_floor < 0.5,
+            "reward.log_score_floor",
+            f"{self.log_score_floor} is outside (0, 0.5)",
+            "e.g. reward.log_score_floor=0.01",
+        )
+
+
+@dataclass
+class SemanticConfig:
+    # how sampled answers are grouped by meaning: exact | embedding | nli
+    method: str = "exact"
+    # further options passed to entropic.semantic.build_clusterer (threshold, model, strict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainerConfig:
+    # passes over the training pool
+    epochs: float
+    # completions sampled per question (the GRPO group size G)
+    num_generations: int
+    # AdamW learning rate
+    learning_rate: float
+    # KL coefficient against the reference model (0 disables the reference model)
+    beta: float
+    # sampling temperature of the rollouts
+    temperature: float
+    # most tokens per completion
+    max_completion_length: int
+    # completions per device per optimisation step
+    per_device_train_batch_size: int
+    # micro-batches accumulated into one optimisation step
+    gradient_accumulation_steps: int = 1
+    # stop after this many optimisation steps (-1: run all epochs)
+    max_steps: int = -1
+    # log TRL's training metrics every N steps
+    logging_steps: int = 1
+    # save a resumable checkpoint every N steps (0: only at the end)
+    save_steps: int = 0
+    # nucleus sampling of the rollouts
+    top_p: float = 1.0
+    # GRPO loss variant passed to TRL (dapo, grpo, dr_grpo, ...)
+    loss_type: str = "dapo"
+    # how TRL scales group advantages: group | batch | none
+    scale_rewards: str = "group"
+    # run the periodic held-out evaluation every N steps (0: only before and after)
+    eval_every_n_steps: int = 0
+
+    def __post_init__(self) -> None:
+        _require(
+            self.epochs > 0, "trainer.epochs", f"{self.epochs} must be > 0", "trainer.epochs=1"
+        )
+        _require(
+            self.num_generations >= 2,
+            "trainer.num_generations",
+            f"{self.num_generations} < 2: GRPO compares completions within a group",
+            "trainer.num_generations=4 or more",
+        )
+        _require(
+            self.per_device_train_batch_size > 0
+            and self.per_device_train_batch_size % self.num_generations == 0,
+            "trainer.per_device_train_batch_size",
+            f"{self.per_device_train_batch_size} does not divide into groups of "
+            f"num_generations={self.num_generations}",
+            "make it a multiple of trainer.num_generations",
+        )
+        _require(self.learning_rate > 0, "trainer.learning_rate", "must be > 0", "e.g. 1e-6")
+        _require(self.beta >= 0, "trainer.beta", "must be >= 0", "e.g. trainer.beta=0.04")
+        _require(self.temperature > 0, "trainer.temperature", "must be > 0", "e.g. 1.0")
+        _require(
+            self.max_completion_length > 0,
+            "trainer.max_completion_length",
+            "must be > 0",
+            "e.g. 48",
+        )
+        _require(
+            self.gradient_accumulation_steps > 0,
+            "trainer.gradient_accumulation_steps",
+            "must be > 0",
+            "e.g. 1",
+        )
+        _require(self.max_steps != 0, "trainer.max_steps", "0 steps", "-1 (all epochs) or > 0")
+
+
+@dataclass
+class EvalConfig:
+    # questions per greedy generation batch
+    batch_size: int = 32
+    # most tokens of an evaluation answer
+    max_new_tokens: int = 48
+    # held-out questions used by the periodic evaluation during training
+    periodic_size: int = 100
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size > 0, "eval.batch_size", "must be > 0", "eval.batch_size=32")
+        _require(self.max_new_tokens > 0, "eval.max_new_tokens", "must be > 0", "e.g. 48")
+
+
+@dataclass
+class CpuScale:
+    # most training questions taken (a seeded subset of the pool) when running on CPU
+    train_questions: int
+    # most held-out questions evaluated on CPU (>= 200 keeps the metrics meaningful)
+    eval_questions: int
+    # group size on CPU
+    num_generations: int
+    # completions per optimisation step on CPU
+    per_device_train_batch_size: int
+    # completion length cap on CPU
+    max_completion_length: int
+
+
+@dataclass
+class ComputeConfig:
+    # profile name: auto | cpu | single_gpu | multi_gpu | zero2 | zero3
+    name: str
+    # torch device: auto (cuda when available) | cpu | cuda
+    device: str = "auto"
+    # processes to launch (accelerate) for multi-GPU profiles
+    num_processes: int = 1
+    # accelerate config file for multi-process profiles
+    accelerate_config: str | None = None
+    # CPU scale-down, applied only when the run lands on CPU (None: never scale)
+    cpu_scale: CpuScale | None = None
+
+    def __post_init__(self) -> None:
+        _one_of(self.device, ("auto", "cpu", "cuda"), "compute.device")
+        if isinstance(self.cpu_scale, dict):
+            self.cpu_scale = CpuScale(**self.cpu_scale)
+
+
+@dataclass
+class TrackingConfig:
+    # MLflow tracking URI; None: $MLFLOW_TRACKING_URI, else sqlite mlflow.db in the repo root
+    tracking_uri: str | None = None
+    # MLflow experiment (defaults to the experiment config's name)
+    experiment_name: str = "default"
+    # run name shown in the MLflow UI (None: generated from the config)
+    run_name: str | None = None
+    # parent run of a sweep; set by the sweep callback, None for a single job
+    parent_run_id: str | None = None
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig
+    data: DataConfig
+    prompt: PromptConfig
+    reward: RewardConfig
+    semantic: SemanticConfig
+    trainer: TrainerConfig
+    eval: EvalConfig
+    compute: ComputeConfig
+    tracking: TrackingConfig
+    # global seed: data subset, labeled subset, sampling, initialisation
+    seed: int = 0
+    # False: evaluate only (baselines such as the calibration prompt), no GRPO
+    train: bool = True
+    # free-form tags recorded on the MLflow run
+    tags: dict[str, str] = field(default_factory=dict)
+    # where Hydra put this job's outputs
+    output_dir: str = "outputs"
+
+    @classmethod
+    def from_hydra(cls, cfg: DictConfig) -> RunConfig:
+        """Validate a composed config; raises ConfigError on the first bad key."""
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        _require(not missing, ", ".join(missing), "is required (???)", "set it on the command line")
+        raw = OmegaConf.to_container(cfg, resolve=True)
+        sections: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in raw:
+                continue
+            section_type = _SECTION_TYPES.get(f.name)
+            sections[f.name] = (
+                _build(section_type, raw[f.name], f.name) if section_type else raw[f.name]
+            )
+        return cls(**sections)
+
+
+def _build(section_type: type, values: dict[str, Any], key: str) -> Any:
+    """Build one section; keys the dataclass does not know go to its `options` when it has one."""
+    names = {f.name for f in dataclasses.fields(section_type)}
+    known = {k: v for k, v in values.items() if k in names}
+    extra = {k: v for k, v in values.items() if k not in names}
+    if extra and "options" in names:
+        known["options"] = {**extra, **known.get("options", {})}
+    elif extra:
+        raise ConfigError(
+            f"{key}: unknown keys {sorted(extra)}. Fix: remove them or use one of {sorted(names)}"
+        )
+    try:
+        return section_type(**known)
+    except TypeError as err:
+        raise ConfigError(f"{key}: {err}. Fix: see conf/{key}/") from err
+
+
+_SECTION_TYPES: dict[str, type] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "prompt": PromptConfig,
+    "reward": RewardConfig,
+    "semantic": SemanticConfig,
+    "trainer": TrainerConfig,
+    "eval": EvalConfig,
+    "compute": ComputeConfig,
+    "tracking": TrackingConfig,
+}

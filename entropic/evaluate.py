@@ -1,0 +1,123 @@
+"""Greedy held-out evaluation (the `eval` config group): answers, confidences and calibration.
+
+Evaluation is always greedy (temperature 0), before training, during it (optionally) and after, so
+the untrained model, a calibration prompt and the RL-trained model compare like with like.
+
+Accuracy counts every question (an unparseable answer is wrong). The calibration metrics
+(confidence, gap, ECE, Brier, AUROC) are computed on the questions whose confidence parsed;
+`format_rate` says how many that is.
+"""
+
+from __future__ import annotations
+
+import math
+
+import datasets
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from entropic.config import EvalConfig, PromptConfig
+from entropic.grading import is_correct
+from entropic.metrics import auroc, brier_score, calibration_gap, expected_calibration_error
+from entropic.parsing import parse_completion
+from entropic.prompting import build_messages
+
+METRIC_NAMES = (
+    "accuracy",
+    "confidence",
+    "calibration_gap",
+    "ece",
+    "brier",
+    "auroc",
+    "format_rate",
+)
+
+
+@torch.no_grad()
+def generate_greedy(
+    model, tokenizer, prompts: list[list[dict]], batch_size: int, max_new_tokens: int
+) -> list[str]:
+    """Greedy completions for chat prompts, batched with left padding."""
+    was_training = model.training
+    model.eval()
+    tokenizer.padding_side = "left"
+    texts = [
+        tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
+        for p in prompts
+    ]
+    completions: list[str] = []
+    for start in tqdm(range(0, len(texts), batch_size), desc="eval", leave=False):
+        batch = tokenizer(
+            texts[start : start + batch_size],
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=False,
+        ).to(model.device)
+        output = model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        new_tokens = output[:, batch["input_ids"].shape[1] :]
+        completions.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+    model.train(was_training)
+    return completions
+
+
+def grade(questions: datasets.Dataset, completions: list[str]) -> pd.DataFrame:
+    """One row per question: what was asked and answered, what it parsed to, whether right."""
+    rows = []
+    for row, completion in zip(questions, completions, strict=True):
+        answer, confidence = parse_completion(completion)
+        rows.append(
+            {
+                "question_id": row["question_id"],
+                "question": row["question"],
+                "gold": " | ".join(row["answers"][:5]),
+                "completion": completion,
+                "answer": answer,
+                "confidence": confidence,
+                "correct": bool(is_correct(answer, row["answers"])),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def summarize(predictions: pd.DataFrame) -> dict[str, float]:
+    """The eval/* metrics of one prediction table."""
+    parsed = predictions.dropna(subset=["confidence"])
+    metrics = {
+        "accuracy": float(predictions["correct"].mean()),
+        "format_rate": float(
+            (predictions["answer"].notna() & predictions["confidence"].notna()).mean()
+        ),
+    }
+    if parsed.empty:
+        nan = math.nan
+        metrics.update(confidence=nan, calibration_gap=nan, ece=nan, brier=nan, auroc=nan)
+        return metrics
+    confidences = parsed["confidence"].to_numpy(float)
+    correct = parsed["correct"].to_numpy(int)
+    metrics.update(
+        confidence=float(np.mean(confidences)),
+        calibration_gap=calibration_gap(confidences, correct),
+        ece=expected_calibration_error(confidences, correct, n_bins=10),
+        brier=brier_score(confidences, correct),
+        auroc=auroc(confidences, correct),
+    )
+    return metrics
+
+
+def evaluate(
+    model, tokenizer, questions: datasets.Dataset, prompt: PromptConfig, cfg: EvalConfig
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    prompts = [build_messages(q, prompt) for q in questions["question"]]
+    completions = generate_greedy(model, tokenizer, prompts, cfg.batch_size, cfg.max_new_tokens)
+    predictions = grade(questions, completions)
+    return predictions, summarize(predictions)

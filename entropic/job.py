@@ -1,0 +1,221 @@
+"""One experiment end to end: validate -> evaluate base model -> GRPO -> evaluate -> MLflow.
+
+`run(cfg)` is what `python -m entropic.run` calls after Hydra composes the config, and what the
+tests call. Everything that can be wrong with a config is checked before any model loads, and no
+MLflow run is created for a config that is rejected.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import pandas as pd
+from omegaconf import DictConfig
+
+from entropic import models, tracking
+from entropic.compute import apply_cpu_scale, resolve_device, train_questions
+from entropic.config import ConfigError, RunConfig
+from entropic.data import QuestionSplits, check_source, load_questions
+from entropic.evaluate import METRIC_NAMES, evaluate, summarize
+from entropic.plots import reliability_diagram
+from entropic.prompting import add_prompts
+from entropic.rewards import TRLReward, get_rule, mark_labeled
+from entropic.semantic import build_clusterer
+from entropic.training import build_trainer, last_checkpoint
+
+log = logging.getLogger(__name__)
+
+RUN_ID_FILE = "mlflow_run_id.txt"
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    before: dict[str, float]
+    after: dict[str, float]
+    output_dir: str
+    seconds: float
+
+
+@dataclass
+class Prepared:
+    """Everything checked and loaded that needs no model weights."""
+
+    config: RunConfig
+    device: str
+    scaled: dict[str, str]
+    splits: QuestionSplits
+    train: datasets.Dataset
+    clusterer: Callable | None
+
+
+def prepare(cfg: DictConfig) -> Prepared:
+    """Validate the config and load the questions; fails fast, before any model or MLflow run."""
+    try:
+        config = RunConfig.from_hydra(cfg)
+        rule = get_rule(config.reward.name)
+        models.check_source(config.model)
+        check_source(config.data.name, **config.data.options)
+        device = resolve_device(config.compute)
+        config, scaled = apply_cpu_scale(config, device)
+        if rule.needs_target:
+            raise ValueError(
+                f"reward.name={config.reward.name} needs calibrated targets from the entropy -> "
+                "Platt pipeline. Fix: run +experiment=entropy_platt"
+            )
+        clusterer = (
+            build_clusterer(config.semantic.method, **config.semantic.options)
+            if rule.needs_stability
+            else None
+        )
+        splits = load_questions(
+            config.data.name,
+            train_size=config.data.train_size,
+            eval_size=config.data.eval_size,
+            seed=config.seed,
+            **config.data.options,
+        )
+    except (ValueError, FileNotFoundError, RuntimeError, ConnectionError) as err:
+        # One exception type for every rejected input, so the CLI prints it without a traceback.
+        raise err if isinstance(err, ConfigError) else ConfigError(str(err)) from err
+    n_train = train_questions(config, device)
+    train = splits.train.shuffle(seed=config.seed).select(range(min(n_train, len(splits.train))))
+    train = mark_labeled(train, config.reward.labeled_fraction, config.seed)
+    return Prepared(config, device, scaled, splits, train, clusterer)
+
+
+def run(cfg: DictConfig) -> RunResult:
+    started = time.perf_counter()
+    prepared = prepare(cfg)
+    config, device = prepared.config, prepared.device
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    run_id_file = output_dir / RUN_ID_FILE
+    resume_from = last_checkpoint(str(output_dir)) if run_id_file.exists() else None
+
+    client = tracking.get_client(config.tracking.tracking_uri)
+    tags = {
+        "experiment": config.tracking.experiment_name,
+        "reward": config.reward.name,
+        "labeled_fraction": str(config.reward.labeled_fraction),
+        "model": config.model.name,
+        "data": config.data.name,
+        "prompt": config.prompt.name,
+        "device": device,
+        "trained": str(config.train),
+        **config.tags,
+    }
+    with tracking.mlflow_run(
+        client,
+        config.tracking.experiment_name,
+        config.tracking.run_name,
+        tags,
+        resume_run_id=run_id_file.read_text().strip() if resume_from else None,
+        parent_run_id=config.tracking.parent_run_id,
+    ) as run_id:
+        run_id_file.write_text(run_id)
+        if not resume_from:
+            tracking.log_config(client, run_id, cfg)
+            tracking.log_params(
+                client,
+                run_id,
+                {
+                    "device": device,
+                    "data.train_questions_used": str(len(prepared.train)),
+                    "data.eval_questions_used": str(len(prepared.splits.eval)),
+                    **{f"cpu_scale.{k}": v for k, v in prepared.scaled.items()},
+                },
+            )
+        checkpoint = models.resolve_checkpoint(config.model)
+        tokenizer = models.load_tokenizer(checkpoint)
+        dtype = models.torch_dtype(config.model, device)
+        before_table, before = evaluate_base(
+            prepared, checkpoint, tokenizer, dtype, client, run_id, resumed=bool(resume_from)
+        )
+        tables = {"before training": before_table}
+        after: dict[str, float] = {}
+        if config.train:
+            trainer = train(
+                prepared, checkpoint, tokenizer, dtype, client, run_id, resume_from, output_dir
+            )
+            after_table, after = evaluate(
+                trainer.model, tokenizer, prepared.splits.eval, config.prompt, config.eval
+            )
+            step = trainer.state.global_step
+            tracking.log_metrics(client, run_id, after, step=step, prefix="eval/")
+            client.log_table(run_id, after_table, "predictions/after.json")
+            tables["after training"] = after_table
+        client.log_figure(run_id, reliability_diagram(tables), "reliability_diagram.png")
+        summary = summary_table(before, after)
+        client.log_text(run_id, summary.to_markdown(), "summary.md")
+        print_summary(config, summary, run_id, client.tracking_uri)
+    return RunResult(run_id, before, after, str(output_dir), time.perf_counter() - started)
+
+
+def evaluate_base(prepared, checkpoint, tokenizer, dtype, client, run_id, resumed: bool):
+    """Greedy evaluation of the untrained model, logged at step 0 (reused when resuming)."""
+    config = prepared.config
+    saved = Path(config.output_dir) / "predictions_before.parquet"
+    if resumed and saved.exists():
+        table = pd.read_parquet(saved)
+        return table, summarize(table)
+    model = models.load_model(checkpoint, dtype, prepared.device)
+    log.info("Evaluating the base model on %d questions", len(prepared.splits.eval))
+    table, metrics = evaluate(model, tokenizer, prepared.splits.eval, config.prompt, config.eval)
+    table.to_parquet(saved)
+    tracking.log_metrics(client, run_id, metrics, step=0, prefix="eval/")
+    client.log_table(run_id, table, "predictions/before.json")
+    return table, metrics
+
+
+def train(prepared, checkpoint, tokenizer, dtype, client, run_id, resume_from, output_dir):
+    """GRPO on the training subset; logs wall time per step next to TRL's own metrics."""
+    config = prepared.config
+    reward = TRLReward(config.reward, config.trainer.num_generations, prepared.clusterer)
+    eval_questions = prepared.splits.eval
+    trainer = build_trainer(
+        config,
+        checkpoint,
+        tokenizer,
+        add_prompts(prepared.train, config.prompt),
+        [reward],
+        str(output_dir),
+        prepared.device,
+        dtype,
+        client,
+        run_id,
+        periodic_questions=eval_questions.select(
+            range(min(config.eval.periodic_size, len(eval_questions)))
+        ),
+    )
+    train_started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    seconds = time.perf_counter() - train_started
+    step = trainer.state.global_step
+    timing = {"train_seconds": seconds, "seconds_per_step": seconds / max(step, 1)}
+    tracking.log_metrics(client, run_id, {**timing, "loss": result.training_loss}, step, "time/")
+    return trainer
+
+
+def summary_table(before: dict[str, float], after: dict[str, float]) -> pd.DataFrame:
+    """Before/after/change per eval metric; one column when the job did not train."""
+    if not after:
+        return pd.DataFrame({"untrained": before}).loc[list(METRIC_NAMES)]
+    table = pd.DataFrame({"before": before, "after": after}).loc[list(METRIC_NAMES)]
+    table["change"] = table["after"] - table["before"]
+    return table
+
+
+def print_summary(config: RunConfig, table: pd.DataFrame, run_id: str, uri: str) -> None:
+    print()
+    print(
+        f"== {config.tracking.experiment_name}: {config.reward.name} "
+        f"(labeled_fraction={config.reward.labeled_fraction}) on {config.model.name} =="
+    )
+    print(table.to_string(float_format=lambda v: f"{v:+.3f}" if v < 0 else f"{v:.3f}"))
+    print(f"MLflow run {run_id} in {uri}  (make ui to browse)")

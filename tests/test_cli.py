@@ -1,0 +1,68 @@
+"""The real CLI, end to end, in a subprocess: embedded model, geo data, a temporary MLflow store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SMOKE = [
+    "compute=cpu",
+    "compute.cpu_scale.train_questions=8",
+    "compute.cpu_scale.eval_questions=16",
+    "compute.cpu_scale.per_device_train_batch_size=8",
+    "trainer.max_steps=2",
+    "trainer.save_steps=0",
+]
+
+
+def cli(args: list[str], tmp_path: Path, uri: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "entropic.run", *args, f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def test_main_job_runs_end_to_end(tmp_path, mlflow_uri, embedded_checkpoint):
+    done = cli(["+experiment=scarce_mixed", *SMOKE], tmp_path, mlflow_uri)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient(mlflow_uri)
+    experiment = client.get_experiment_by_name("scarce_mixed")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    for name in (
+        "accuracy",
+        "confidence",
+        "calibration_gap",
+        "ece",
+        "brier",
+        "auroc",
+        "format_rate",
+    ):
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, f"eval/{name}")]
+        assert steps == [0, 2], (name, steps)  # before training and at the final global step
+    assert run.data.params["reward.labeled_fraction"] == "0.5"
+    assert any(k.startswith("train/rewards/mixed") for k in run.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "reliability_diagram.png", "predictions"} <= artifacts
+    # the terminal shows the before/after table and the run id
+    assert run.info.run_id in done.stdout and "calibration_gap" in done.stdout
+
+
+def test_rejected_config_exits_nonzero_and_leaves_no_run(tmp_path, mlflow_uri):
+    done = cli(["reward.labeled_fraction=1.5"], tmp_path, mlflow_uri)
+    assert done.returncode == 2
+    assert "reward.labeled_fraction" in done.stderr and "Fix:" in done.stderr
+    client = MlflowClient(mlflow_uri)
+    experiments = client.search_experiments()
+    assert all(not client.search_runs([e.experiment_id]) for e in experiments)

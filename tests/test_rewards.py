@@ -1,0 +1,160 @@
+"""Reward rules on hand-worked values, their scoring-rule properties, and the TRL adapter."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from entropic.config import RewardConfig
+from entropic.rewards import (
+    REWARDS,
+    ScoredBatch,
+    TRLReward,
+    get_rule,
+    group_stability,
+    mark_labeled,
+)
+from entropic.semantic import build_clusterer
+
+
+def cfg(name: str, **kw) -> RewardConfig:
+    return RewardConfig(name=name, **kw)
+
+
+def batch(confidence, correct, labeled=None, stability=None, target=None) -> ScoredBatch:
+    n = len(confidence)
+    return ScoredBatch(
+        confidence=np.asarray(confidence, float),
+        correct=np.asarray(correct, float),
+        labeled=np.ones(n, bool) if labeled is None else np.asarray(labeled, bool),
+        stability=None if stability is None else np.asarray(stability, float),
+        calibrated_target=None if target is None else np.asarray(target, float),
+    )
+
+
+@pytest.mark.parametrize(
+    ("rule", "scored", "expected"),
+    [
+        # 1 - (1 - 0.8)^2 = 0.96: right and fairly sure
+        ("brier", batch([0.8], [1]), [0.96]),
+        # 1 - (0 - 0.8)^2 = 0.36: wrong and fairly sure
+        ("brier", batch([0.8], [0]), [0.36]),
+        # wrong at confidence 0 pays as much as right at 1: the collapse the reference describes
+        ("brier", batch([0.0, 1.0], [0, 1]), [1.0, 1.0]),
+        # 1 - (0.5 - 0.5)^2 = 1: confidence matches the group's agreement
+        ("stability", batch([0.5], [0], stability=[0.5]), [1.0]),
+        # 1 - (1 - 0.2)^2 = 0.36: the whole group agrees but the model says 20%
+        ("stability", batch([0.2], [0], stability=[1.0]), [0.36]),
+        # labeled row -> Brier 1-(1-.5)^2 = .75; unlabeled -> stability 1-(.25-.5)^2 = .9375
+        (
+            "mixed",
+            batch([0.5, 0.5], [1, 1], labeled=[True, False], stability=[0.0, 0.25]),
+            [0.75, 0.9375],
+        ),
+        # RLCR: 1 - (0.9 - 1)^2 = 0.99 right; 0 - 0.9^2 = -0.81 wrong
+        ("rlcr", batch([0.9, 0.9], [1, 0]), [0.99, -0.81]),
+        # log score: ln 0.5 right; wrong at 1.0 clips to 0.99 -> ln 0.01
+        ("log_score", batch([0.5, 1.0], [1, 0]), [math.log(0.5), math.log(0.01)]),
+        # calibrated target 0.3, confidence 0.5 -> 1 - 0.04
+        ("calibrated", batch([0.5], [1], target=[0.3]), [0.96]),
+    ],
+)
+def test_rules_on_hand_worked_values(rule, scored, expected):
+    np.testing.assert_allclose(REWARDS[rule].score(scored, cfg(rule)), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("rule", ["brier", "log_score", "rlcr"])
+def test_expected_reward_peaks_at_the_true_probability(rule):
+    """A proper scoring rule: answering right with probability p, the best confidence is p."""
+    grid = np.round(np.linspace(0.02, 0.98, 49), 2)
+    for p in (0.1, 0.3, 0.5, 0.72, 0.9):
+        right = REWARDS[rule].score(batch(grid, np.ones_like(grid)), cfg(rule))
+        wrong = REWARDS[rule].score(batch(grid, np.zeros_like(grid)), cfg(rule))
+        expected = p * right + (1 - p) * wrong
+        assert abs(grid[np.argmax(expected)] - p) <= 0.02, (rule, p)
+
+
+def test_unknown_reward_lists_the_valid_names():
+    with pytest.raises(ValueError, match="brier") as err:
+        get_rule("brierr")
+    assert "mixed" in str(err.value) and "stability" in str(err.value)
+
+
+def completions(*texts):
+    return [[{"role": "assistant", "content": t}] for t in texts]
+
+
+GROUP = completions(
+    "Answer: Paris\nConfidence: 50",
+    "Answer: paris.\nConfidence: 100",  # same meaning after normalisation
+    "Answer: Lyon\nConfidence: 25",
+    "I think it is Paris",  # no format: penalised, a singleton cluster
+)
+
+
+def call(rule, texts, labeled, question_ids=None, g=4, penalty=-1.0, metrics=None):
+    reward = TRLReward(cfg(rule, format_penalty=penalty), g, build_clusterer("exact"))
+    n = len(texts)
+    return reward(
+        prompts=[[]] * n,
+        completions=texts,
+        answers=[["Paris"]] * n,
+        question_id=question_ids or ["capital:FR"] * n,
+        labeled=labeled,
+        log_metric=None if metrics is None else (lambda k, v: metrics.__setitem__(k, v)),
+    )
+
+
+def test_stability_reward_from_completions():
+    # clusters {Paris, paris.}, {Lyon}, {None}: stability .5, .5, .25, .25
+    rewards = call("stability", GROUP, [False] * 4)
+    np.testing.assert_allclose(rewards, [1.0, 1 - 0.5**2, 1.0, -1.0])
+
+
+def test_mixed_uses_brier_on_labeled_questions_only():
+    labeled = call("mixed", GROUP, [True] * 4)
+    np.testing.assert_allclose(labeled, [0.75, 1.0, 1 - 0.25**2, -1.0])
+    unlabeled = call("mixed", GROUP, [False] * 4)
+    np.testing.assert_allclose(unlabeled, call("stability", GROUP, [False] * 4))
+
+
+def test_training_metrics_are_logged():
+    metrics: dict[str, float] = {}
+    call("mixed", GROUP, [True, True, True, True], metrics=metrics)
+    assert metrics["calibration/accuracy"] == 0.5  # two of four answers say Paris
+    assert metrics["calibration/format_rate"] == 0.75
+    assert metrics["calibration/labeled_share"] == 1.0
+    assert metrics["calibration/confidence"] == pytest.approx((0.5 + 1.0 + 0.25) / 3)
+
+
+def test_groups_are_clustered_separately():
+    texts = completions(
+        "Answer: Paris\nConfidence: 50",
+        "Answer: Paris\nConfidence: 50",
+        "Answer: Rome\nConfidence: 50",
+        "Answer: Milan\nConfidence: 50",
+    )
+    stab = group_stability(
+        ["q1", "q1", "q2", "q2"], ["Paris", "Paris", "Rome", "Milan"], 2, build_clusterer("exact")
+    )
+    np.testing.assert_allclose(stab, [1.0, 1.0, 0.5, 0.5])
+    assert len(texts) == 4
+
+
+def test_a_group_mixing_questions_is_an_error():
+    with pytest.raises(RuntimeError, match="several questions"):
+        group_stability(["q1", "q2", "q1", "q2"], ["a", "b", "c", "d"], 2, build_clusterer("exact"))
+
+
+@pytest.mark.parametrize(
+    ("fraction", "n", "expected"), [(0.5, 10, 5), (0.0, 7, 0), (1.0, 7, 7), (0.25, 6, 2)]
+)
+def test_mark_labeled_takes_a_fixed_seeded_share(fraction, n, expected):
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"question_id": [str(i) for i in range(n)]})
+    first = mark_labeled(ds, fraction, seed=3)["labeled"]
+    assert sum(first) == expected
+    assert first == mark_labeled(ds, fraction, seed=3)["labeled"]  # same seed, same subset

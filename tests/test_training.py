@@ -1,0 +1,79 @@
+"""A real GRPOTrainer on a tiny model: two steps change the weights and give finite losses."""
+
+from __future__ import annotations
+
+import math
+
+import datasets
+import torch
+
+from entropic import models
+from entropic.config import RunConfig
+from entropic.prompting import add_prompts
+from entropic.rewards import TRLReward, mark_labeled
+from entropic.semantic import build_clusterer
+from entropic.training import build_trainer
+from tests.conftest import compose_config
+
+QUESTIONS = {
+    "question_id": [f"q{i}" for i in range(4)],
+    "question": [
+        "What is the capital of France?",
+        "What is the capital of Italy?",
+        "What currency is used in Japan?",
+        "In which country is the city of Porto?",
+    ],
+    "answers": [["Paris"], ["Rome"], ["Yen", "JPY"], ["Portugal"]],
+    "kind": ["capital", "capital", "currency", "city_country"],
+}
+
+
+def test_two_grpo_steps_on_a_tiny_model_change_the_weights(tmp_path, embedded_checkpoint):
+    cfg = compose_config(
+        [
+            "model=tiny_random",
+            "compute=cpu",
+            "trainer.num_generations=2",
+            "trainer.per_device_train_batch_size=4",
+            "trainer.max_completion_length=8",
+            "trainer.max_steps=2",
+            "trainer.learning_rate=1e-2",
+            "trainer.save_steps=0",
+            "reward.labeled_fraction=0.5",
+        ],
+        tmp_path,
+    )
+    config = RunConfig.from_hydra(cfg)
+    checkpoint = models.resolve_checkpoint(config.model)
+    tokenizer = models.load_tokenizer(checkpoint)
+    train = mark_labeled(datasets.Dataset.from_dict(QUESTIONS), 0.5, seed=0)
+    reward = TRLReward(config.reward, 2, build_clusterer("exact"))
+
+    # A random model never writes "Answer:/Confidence:", so our reward is the format penalty for
+    # every completion and GRPO's advantages are all zero. A second reward that varies with the
+    # text (the mean token id) gives the optimiser something to follow, so the test can
+    # see the whole loop (rollout -> our reward -> loss -> update) move the weights.
+    def mean_token_id(completion_ids, **_):
+        return [sum(ids) / max(len(ids), 1) / len(tokenizer) for ids in completion_ids]
+
+    trainer = build_trainer(
+        config,
+        checkpoint,
+        tokenizer,
+        add_prompts(train, config.prompt),
+        [reward, mean_token_id],
+        str(tmp_path),
+        "cpu",
+        torch.float32,
+        client=None,
+        run_id=None,
+    )
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    assert trainer.state.global_step == 2
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses and all(math.isfinite(v) for v in losses)
+    changed = [n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])]
+    assert changed, "no parameter moved after two GRPO steps"
+    # why: TRL logs each reward function under its registry name
+    assert any("rewards/mixed/mean" in h for h in trainer.state.log_history)
