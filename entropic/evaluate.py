@@ -35,6 +35,17 @@ METRIC_NAMES = (
 )
 
 
+def tokenize_chats(tokenizer, prompts: list[list[dict]], device):
+    """One generation batch of chat prompts, left-padded so every row's new tokens start at the
+    same column (`input_ids.shape[1]`); entropic.sampling batches the same way."""
+    tokenizer.padding_side = "left"
+    texts = [
+        tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
+        for p in prompts
+    ]
+    return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+
+
 @torch.no_grad()
 def generate_greedy(
     model, tokenizer, prompts: list[list[dict]], batch_size: int, max_new_tokens: int
@@ -42,19 +53,9 @@ def generate_greedy(
     """Greedy completions for chat prompts, batched with left padding."""
     was_training = model.training
     model.eval()
-    tokenizer.padding_side = "left"
-    texts = [
-        tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
-        for p in prompts
-    ]
     completions: list[str] = []
-    for start in tqdm(range(0, len(texts), batch_size), desc="eval", leave=False):
-        batch = tokenizer(
-            texts[start : start + batch_size],
-            return_tensors="pt",
-            padding=True,
-            add_special_tokens=False,
-        ).to(model.device)
+    for start in tqdm(range(0, len(prompts), batch_size), desc="eval", leave=False):
+        batch = tokenize_chats(tokenizer, prompts[start : start + batch_size], model.device)
         output = model.generate(
             **batch,
             max_new_tokens=max_new_tokens,

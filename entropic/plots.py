@@ -6,6 +6,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: runs on clusters and CI without a display
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from entropic.metrics import reliability_bins  # noqa: E402
@@ -53,5 +54,41 @@ def reliability_diagram(tables: dict[str, pd.DataFrame], n_bins: int = 10) -> pl
         ax.set_xlabel("stated confidence")
         ax.set_ylabel("accuracy")
     axes[0][0].legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def stability_scatter(
+    per_question: pd.DataFrame,
+    num_samples: int,
+    r_stability: float,
+    r_confidence: float,
+    seed: int = 0,
+) -> plt.Figure:
+    """Per-question accuracy against stability (left) and against stated confidence (right).
+
+    One point per question, from the stability study's per-question table. With K =
+    `num_samples` answers, stability and accuracy take only K + 1 values, so they are jittered by
+    up to a quarter of 1/K (seeded) to show how many share a spot; stated confidence is not. The
+    r in each title is the study's, computed on the exact values.
+    """
+    rng = np.random.default_rng(seed)
+    jitter = 0.25 / num_samples
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), sharey=True)
+    panels = (
+        ("stability", "stability (share of answers in the largest cluster)", r_stability, True),
+        ("confidence", "stated confidence (mean over samples)", r_confidence, False),
+    )
+    for ax, (column, label, r, discrete) in zip(axes, panels, strict=True):
+        shown = per_question.dropna(subset=[column])
+        noise = rng.uniform(-jitter, jitter, size=(2, len(shown)))
+        noise[0] *= discrete
+        ax.scatter(shown[column] + noise[0], shown["accuracy"] + noise[1], s=14, alpha=0.5, lw=0)
+        ax.set_title(f"{label}\nr = {r:.2f} with accuracy (n = {len(shown)})", fontsize=10)
+        # wide enough for the jitter: a point at 0 or 1 must not fall outside the axes
+        ax.set_xlim(-jitter - 0.02, 1 + jitter + 0.02)
+        ax.set_ylim(-jitter - 0.02, 1 + jitter + 0.02)
+        ax.set_xlabel(column)
+    axes[0].set_ylabel("accuracy (share of sampled answers correct)")
     fig.tight_layout()
     return fig

@@ -1,0 +1,481 @@
+"""Entropy -> Platt -> RL: calibrated confidence targets for `reward.name=calibrated` (the
+`calibration` config group), after "From Entropy to Calibrated Uncertainty" (arXiv 2603.06317).
+
+    python -m entropic.run +experiment=entropy_platt
+    python -m entropic.run -m +experiment=entropy_platt trainer.learning_rate=3e-6,1e-5
+
+The train job (entropic/job.py) calls `add_calibrated_target` after the base model's greedy
+evaluation and before GRPO. The three stages:
+
+1. **Score.** K answers per training question are sampled from the base model
+   (`entropic.sampling`), and the question's score is the embedding entropy of its answers: the
+   von Neumann entropy of the cosine kernel of their all-MiniLM-L6-v2 embeddings over K
+   (`entropic.semantic.embedding_entropy`), an unparseable answer counting as a meaning of its
+   own. The held-out questions that judge the calibration (the first `calibration.eval_questions`
+   of the eval split) are scored the same way. Sampling is the expensive part, so each split's
+   scores are cached as `<cache>/scores/<hash>.parquet` (default `$ENTROPIC_CACHE/scores`), keyed
+   by everything that changes the samples: the model, the data source (name, options, sizes),
+   the split and its question ids, the prompt, K, the temperature, the answer length and the
+   seed. The batch size is not in the key: it changes floating-point order, not the distribution.
+   A run that finds its key reuses the file without sampling, across runs and sweep points, and
+   says so in the run's `score_cache` tag (`hit` when every split was reused, else `miss`).
+2. **Calibrate.** Platt scaling: P(correct) = sigmoid(slope * entropy + intercept), fitted by a
+   one-feature, unpenalised scikit-learn logistic regression on the labeled training questions
+   (the `labeled` column, `reward.labeled_fraction` of them), whose label is whether the base
+   model's greedy answer is correct. The held-out ECE, Brier score and AUROC of the calibrated
+   score are logged next to those of the model's own stated confidence on the same questions.
+3. **Train.** Every training question gets `calibrated_target` = the Platt probability of its
+   entropy, and GRPO pays 1 - (calibrated_target - confidence)^2 (`entropic.rewards.calibrated`).
+
+Choices the abstract leaves open (experiments/entropy_platt/README.md gives the reasons):
+
+* The entropy is the embedding entropy above: "distributional variability in embedding space"
+  with no clustering threshold to tune.
+* Platt is fitted on the entropy itself; the slope should come out negative (more disagreement,
+  less often right). Its sign is logged, not forced: a positive slope is what the data said.
+* Platt's own targets (1999) replace the 0/1 labels: (N+ + 1) / (N+ + 2) for a correct answer
+  and 1 / (N- + 2) for a wrong one. They keep the fit finite when the labeled questions are
+  separable by their entropy, which is common with a few dozen of them, and when they are all
+  right or all wrong the fit becomes the constant (N+ + 1) / (N + 2) rather than failing.
+* Labeled and unlabeled questions get the same kind of target, the Platt probability of their
+  entropy: labels are spent on two parameters, not on the targets themselves.
+* The scores are logged to the run as MLflow dataset inputs (`mlflow.data.from_pandas`: name,
+  digest, schema, and the cache file as source), so runs that share cached scores show the same
+  digest; the per-question targets and the held-out table are logged as tables.
+* One process only: the targets are computed where the base model is evaluated (rank 0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import datasets
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.entities import DatasetInput, InputTag
+from omegaconf import DictConfig, OmegaConf
+from scipy.special import expit
+from sklearn.linear_model import LogisticRegression
+
+from entropic import models, tracking
+from entropic.config import RunConfig, _require
+from entropic.evaluate import evaluate
+from entropic.metrics import auroc, brier_score, expected_calibration_error
+from entropic.plots import reliability_diagram
+from entropic.sampling import sample_answers, score_questions
+from entropic.semantic import build_clusterer
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+    from entropic.job import Prepared
+
+log = logging.getLogger(__name__)
+
+# Bump when the cached table's columns or their meaning change, so old files are not reused.
+CACHE_VERSION = 1
+
+
+@dataclass
+class CalibrationCpuScale:
+    # most held-out questions scored on CPU
+    eval_questions: int
+    # most tokens per sampled answer on CPU
+    max_new_tokens: int
+
+
+@dataclass
+class CalibrationConfig:
+    # calibration method (platt: logistic regression of greedy correctness on the entropy)
+    name: str = "platt"
+    # answers sampled per question for its entropy (K)
+    num_samples: int = 8
+    # sampling temperature of those answers
+    temperature: float = 1.0
+    # most tokens per sampled answer
+    max_new_tokens: int = 48
+    # questions per generate call, each generating num_samples answers
+    batch_size: int = 8
+    # held-out questions scored to judge the calibrated score (at most the eval split)
+    eval_questions: int = 200
+    # equal-width bins of the held-out ECE
+    ece_bins: int = 10
+    # where the score cache lives (None: $ENTROPIC_CACHE/scores)
+    cache_dir: str | None = None
+    # caps applied on CPU (None: never scale)
+    cpu_scale: CalibrationCpuScale | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.cpu_scale, dict):
+            self.cpu_scale = CalibrationCpuScale(**self.cpu_scale)
+        _require(
+            self.name == "platt", "calibration.name", f"unknown method {self.name!r}", "use platt"
+        )
+        _require(
+            self.num_samples >= 2,
+            "calibration.num_samples",
+            f"{self.num_samples} < 2: the entropy of one answer is always 0",
+            "calibration.num_samples=8",
+        )
+        for key in ("max_new_tokens", "batch_size", "eval_questions", "ece_bins"):
+            value = getattr(self, key)
+            _require(value >= 1, f"calibration.{key}", f"{value} must be >= 1", "see conf/")
+        _require(self.temperature > 0, "calibration.temperature", "must be > 0", "e.g. 1.0")
+
+    @classmethod
+    def from_hydra(cls, cfg: DictConfig, config: RunConfig) -> CalibrationConfig:
+        """The `calibration` group, checked together with the keys the pipeline depends on."""
+        raw = cfg.get("calibration")
+        _require(
+            raw is not None,
+            "calibration",
+            f"reward.name={config.reward.name} needs calibrated targets, and no calibration "
+            "method is configured",
+            "run +experiment=entropy_platt (or add calibration=platt)",
+        )
+        _require(
+            config.reward.labeled_fraction > 0,
+            "reward.labeled_fraction",
+            "0 leaves no labeled question to fit Platt scaling on",
+            "e.g. reward.labeled_fraction=0.5",
+        )
+        processes = max(config.compute.num_processes, int(os.environ.get("WORLD_SIZE", "1")))
+        _require(
+            processes == 1,
+            "compute.num_processes",
+            f"the entropy -> Platt targets are computed in one process, not {processes}",
+            "launch without accelerate/torchrun, with compute=single_gpu or compute=cpu",
+        )
+        values: dict[str, Any] = OmegaConf.to_container(raw, resolve=True)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        _require(not unknown, "calibration", f"unknown keys {unknown}", f"use {sorted(names)}")
+        return cls(**values)
+
+    def for_device(self, device: str, scales: bool) -> tuple[CalibrationConfig, dict[str, str]]:
+        """The CPU caps applied (when on CPU with a scaling compute profile) and what changed."""
+        if device != "cpu" or not scales or self.cpu_scale is None:
+            return self, {}
+        changes, capped = {}, {}
+        for key in ("eval_questions", "max_new_tokens"):
+            value, cap = getattr(self, key), getattr(self.cpu_scale, key)
+            if value > cap:
+                changes[f"calibration.{key}"] = f"{value} -> {cap}"
+                capped[key] = cap
+        return dataclasses.replace(self, **capped), changes
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 1: entropy scores, cached.
+# --------------------------------------------------------------------------------------------
+
+
+def score_key(
+    config: RunConfig, calibration: CalibrationConfig, split: str, questions: datasets.Dataset
+) -> dict[str, Any]:
+    """Everything that changes the sampled answers of `questions`, as plain JSON values."""
+    ids = "\n".join(questions["question_id"])
+    return {
+        "version": CACHE_VERSION,
+        "model": dataclasses.asdict(config.model),
+        "data": {
+            "name": config.data.name,
+            "options": config.data.options,
+            "train_size": config.data.train_size,
+            "eval_size": config.data.eval_size,
+        },
+        "split": split,
+        "num_questions": len(questions),
+        "question_ids_sha256": hashlib.sha256(ids.encode()).hexdigest(),
+        "prompt": dataclasses.asdict(config.prompt),
+        "num_samples": calibration.num_samples,
+        "temperature": calibration.temperature,
+        "max_new_tokens": calibration.max_new_tokens,
+        "seed": config.seed,
+    }
+
+
+def score_path(calibration: CalibrationConfig, key: dict[str, Any]) -> Path:
+    root = Path(calibration.cache_dir) if calibration.cache_dir else models.cache_dir() / "scores"
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+    return root / f"{digest[:24]}.parquet"
+
+
+def entropy_scores(
+    model,
+    tokenizer,
+    questions: datasets.Dataset,
+    config: RunConfig,
+    calibration: CalibrationConfig,
+    split: str,
+) -> tuple[pd.DataFrame, Path, bool]:
+    """Per-question scores of `questions`: (table, cache file, whether it was read from cache).
+
+    The table has question_id, question, sampled_answers (K parsed answers, None where one did
+    not parse), sample_accuracy, format_rate, stability and semantic_entropy (exact clustering),
+    and embedding_entropy, the score Platt scaling reads.
+    """
+    key = score_key(config, calibration, split, questions)
+    path = score_path(calibration, key)
+    if path.exists():
+        log.info("score cache hit: %s (%s, %d questions)", path, split, len(questions))
+        return pd.read_parquet(path), path, True
+    log.info("score cache miss: sampling %s answers for %d questions", split, len(questions))
+    samples = sample_answers(
+        model,
+        tokenizer,
+        questions,
+        config.prompt,
+        k=calibration.num_samples,
+        temperature=calibration.temperature,
+        max_new_tokens=calibration.max_new_tokens,
+        batch_size=calibration.batch_size,
+        seed=config.seed,
+    )
+    scored = score_questions(samples, build_clusterer("exact"))
+    answers = samples.groupby("question_id", sort=False)["answer"].agg(list)
+    table = pd.DataFrame(
+        {
+            "question_id": scored["question_id"],
+            "question": scored["question"],
+            "sampled_answers": answers.loc[scored["question_id"]].to_list(),
+            "sample_accuracy": scored["accuracy"],
+            "format_rate": scored["format_rate"],
+            "stability": scored["stability"],
+            "semantic_entropy": scored["semantic_entropy"],
+            "embedding_entropy": scored["embedding_entropy"],
+        }
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Written under a temporary name and renamed, so a parallel sweep job never reads half a file.
+    staging = path.with_suffix(f".{os.getpid()}.tmp")
+    table.to_parquet(staging, index=False)
+    staging.with_suffix(".json").write_text(json.dumps(key, indent=2, sort_keys=True, default=str))
+    staging.with_suffix(".json").replace(path.with_suffix(".json"))
+    staging.replace(path)
+    return table, path, False
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 2: Platt scaling.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlattFit:
+    """P(correct | score) = sigmoid(slope * score + intercept)."""
+
+    slope: float
+    intercept: float
+
+    def predict(self, scores: np.ndarray | pd.Series) -> np.ndarray:
+        return expit(self.slope * np.asarray(scores, dtype=float) + self.intercept)
+
+
+def fit_platt(scores: np.ndarray | pd.Series, correct: np.ndarray | pd.Series) -> PlattFit:
+    """Platt scaling (Platt 1999): a one-feature logistic regression of correctness on a score.
+
+    Each 0/1 label is replaced by Platt's target, (N+ + 1) / (N+ + 2) for a positive and
+    1 / (N- + 2) for a negative, and the unpenalised cross-entropy with those soft targets is
+    minimised: every question enters once as a positive with weight t and once as a negative
+    with weight 1 - t. The fit stays finite on separable data and falls back to the constant
+    (N+ + 1) / (N + 2) with one class; with many labels it is the plain logistic regression.
+    """
+    x = np.asarray(scores, dtype=float)
+    y = np.asarray(correct, dtype=int)
+    if x.ndim != 1 or x.shape != y.shape or x.size == 0:
+        raise ValueError(f"need one score per label, got shapes {x.shape} and {y.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("Platt scaling needs finite scores")
+    positives = int(y.sum())
+    negatives = y.size - positives
+    target = np.where(y == 1, (positives + 1) / (positives + 2), 1 / (negatives + 2))
+    # A tight tolerance: one feature is cheap, and the default stops ~1e-3 short of the optimum.
+    model = LogisticRegression(C=np.inf, tol=1e-10, max_iter=1000).fit(
+        np.concatenate([x, x])[:, None],
+        np.concatenate([np.ones(x.size), np.zeros(x.size)]),
+        sample_weight=np.concatenate([target, 1 - target]),
+    )
+    return PlattFit(slope=float(model.coef_[0, 0]), intercept=float(model.intercept_[0]))
+
+
+# --------------------------------------------------------------------------------------------
+# The pipeline, as the train job runs it.
+# --------------------------------------------------------------------------------------------
+
+
+def add_calibrated_target(
+    cfg: DictConfig,
+    prepared: Prepared,
+    checkpoint: str,
+    tokenizer,
+    dtype,
+    base_eval: pd.DataFrame,
+    client: MlflowClient,
+    run_id: str,
+) -> datasets.Dataset:
+    """Score, calibrate, and return `prepared.train` with a `calibrated_target` column.
+
+    `base_eval` is the base model's greedy evaluation of the eval split (one row per question,
+    with `correct` and `confidence`); the held-out questions are judged against it.
+    """
+    started = time.perf_counter()
+    config, device = prepared.config, prepared.device
+    calibration = CalibrationConfig.from_hydra(cfg, config)
+    calibration, scaled = calibration.for_device(device, config.compute.cpu_scale is not None)
+    heldout = prepared.splits.eval.select(
+        range(min(calibration.eval_questions, len(prepared.splits.eval)))
+    )
+    model = models.load_model(checkpoint, dtype, device)
+    train_scores, train_path, train_hit = entropy_scores(
+        model, tokenizer, prepared.train, config, calibration, "train"
+    )
+    eval_scores, eval_path, eval_hit = entropy_scores(
+        model, tokenizer, heldout, config, calibration, "eval"
+    )
+    scoring_seconds = time.perf_counter() - started
+
+    labeled = prepared.train.select(np.flatnonzero(prepared.train["labeled"]))
+    _require(
+        len(labeled) > 0,
+        "reward.labeled_fraction",
+        f"{config.reward.labeled_fraction} labels none of the {len(prepared.train)} training "
+        "questions, so there is nothing to fit Platt scaling on",
+        "raise reward.labeled_fraction (or the number of training questions)",
+    )
+    greedy, _ = evaluate(model, tokenizer, labeled, config.prompt, config.eval)
+    fitted_on = greedy[["question_id", "correct"]].merge(
+        train_scores[["question_id", "embedding_entropy"]], on="question_id", validate="1:1"
+    )
+    fit = fit_platt(fitted_on["embedding_entropy"], fitted_on["correct"])
+    if fit.slope > 0:
+        log.warning(
+            "Platt slope %.3f > 0: on these labeled questions more disagreement went with more "
+            "correct answers; the targets follow the data",
+            fit.slope,
+        )
+
+    targets = train_scores.set_index("question_id").loc[prepared.train["question_id"]]
+    targets = targets.reset_index()[["question_id", "question", "embedding_entropy"]]
+    targets["labeled"] = prepared.train["labeled"]
+    targets["calibrated_target"] = fit.predict(targets["embedding_entropy"])
+    targets = targets.merge(
+        greedy[["question_id", "correct"]].rename(columns={"correct": "greedy_correct"}),
+        on="question_id",
+        how="left",
+    )
+
+    judged = eval_scores[["question_id", "question", "embedding_entropy"]].merge(
+        base_eval[["question_id", "answer", "confidence", "correct"]],
+        on="question_id",
+        validate="1:1",
+    )
+    judged["calibrated_score"] = fit.predict(judged["embedding_entropy"])
+    metrics = {
+        "slope": fit.slope,
+        "intercept": fit.intercept,
+        "labeled_questions": float(len(fitted_on)),
+        "labeled_accuracy": float(fitted_on["correct"].mean()),
+        "target_mean": float(targets["calibrated_target"].mean()),
+        "target_std": float(targets["calibrated_target"].std(ddof=0)),
+        **heldout_metrics(judged, calibration.ece_bins),
+    }
+
+    hits = {"train": train_hit, "eval": eval_hit}
+    tracking.log_tags(
+        client,
+        run_id,
+        {
+            "score_cache": "hit" if all(hits.values()) else "miss",
+            **{f"score_cache.{split}": "hit" if hit else "miss" for split, hit in hits.items()},
+        },
+    )
+    tracking.log_params(
+        client,
+        run_id,
+        {
+            "platt.slope": f"{fit.slope:.6g}",
+            "platt.intercept": f"{fit.intercept:.6g}",
+            "platt.score_cache.train": str(train_path),
+            "platt.score_cache.eval": str(eval_path),
+            **{f"cpu_scale.{k}": v for k, v in scaled.items()},
+        },
+    )
+    tracking.log_metrics(client, run_id, metrics, step=0, prefix="platt/")
+    tracking.log_metrics(client, run_id, {"scoring_seconds": scoring_seconds}, 0, "time/")
+    log_score_datasets(
+        client, run_id, {"train": (train_scores, train_path), "eval": (eval_scores, eval_path)}
+    )
+    client.log_table(run_id, targets, "platt/train_targets.json")
+    client.log_table(run_id, judged, "platt/heldout.json")
+    client.log_figure(
+        run_id,
+        reliability_diagram(
+            {
+                "stated confidence (base model)": judged,
+                "Platt(embedding entropy)": judged.assign(confidence=judged["calibrated_score"]),
+            }
+        ),
+        "platt/reliability_heldout.png",
+    )
+    print(
+        f"entropy -> Platt: slope {fit.slope:+.3f}, intercept {fit.intercept:+.3f} on "
+        f"{len(fitted_on)} labeled questions; held-out ECE {metrics['heldout_ece']:.3f} "
+        f"(stated confidence {metrics['heldout_stated_ece']:.3f}), AUROC "
+        f"{metrics['heldout_auroc']:.3f}; score cache: "
+        + ", ".join(f"{split} {'hit' if hit else 'miss'}" for split, hit in hits.items())
+    )
+    return prepared.train.add_column("calibrated_target", targets["calibrated_target"].tolist())
+
+
+def heldout_metrics(judged: pd.DataFrame, n_bins: int) -> dict[str, float]:
+    """ECE, Brier and AUROC of the calibrated score, and of the stated confidence where it
+    parsed, against the base model's greedy correctness on the held-out questions."""
+    correct = judged["correct"].to_numpy(int)
+    score = judged["calibrated_score"].to_numpy(float)
+    stated = judged.dropna(subset=["confidence"])
+    nan = float("nan")
+    return {
+        "heldout_questions": float(len(judged)),
+        "heldout_accuracy": float(correct.mean()),
+        "heldout_ece": expected_calibration_error(score, correct, n_bins),
+        "heldout_brier": brier_score(score, correct),
+        "heldout_auroc": auroc(score, correct),
+        "heldout_stated_ece": (
+            expected_calibration_error(stated["confidence"], stated["correct"].astype(int), n_bins)
+            if len(stated)
+            else nan
+        ),
+        "heldout_stated_auroc": (
+            auroc(stated["confidence"], stated["correct"].astype(int)) if len(stated) else nan
+        ),
+    }
+
+
+def log_score_datasets(
+    client: MlflowClient, run_id: str, splits: dict[str, tuple[pd.DataFrame, Path]]
+) -> None:
+    """Each split's score table as an MLflow dataset input, with the cache file as its source."""
+    inputs = []
+    for split, (table, path) in splits.items():
+        with warnings.catch_warnings():
+            # MLflow registers one local-file source class for both "" and "file" URIs and warns
+            # that a plain path matches both; either reading is the same file.
+            warnings.filterwarnings("ignore", message="The specified dataset source")
+            dataset = mlflow.data.from_pandas(
+                table, source=str(path), name=f"entropy_scores_{split}"
+            )
+        # MlflowClient takes entities; _to_mlflow_entity is how mlflow.log_input builds one.
+        entity = dataset._to_mlflow_entity()
+        inputs.append(DatasetInput(entity, tags=[InputTag("mlflow.data.context", split)]))
+    client.log_inputs(run_id, datasets=inputs)
