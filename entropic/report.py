@@ -1,0 +1,722 @@
+"""Study reports from MLflow: the tables and figures of `experiments/<study>/`, with error bars.
+
+    python -m entropic.report scarce_collapse                   # or: make report STUDY=...
+    python -m entropic.report mix_ratio --parent-run-id <id>    # a particular sweep
+    python -m entropic.report --list
+
+A study reads the finished child runs of one sweep (by default the newest parent run of the
+sweep's MLflow experiment with at least one finished child) and never re-runs anything. Every
+number is a run's own greedy held-out evaluation: `eval/<metric>` at step 0 is the untrained
+model, at the last step the trained one. Across seeds a number is the mean with a 95% Student-t
+interval (`entropic.metrics.mean_ci`); the reference's numbers stand beside ours.
+
+Each report has its main table, its figure, the training curves of every condition (`eval/*` at
+the periodic evaluations, `trainer.eval_every_n_steps`) and traces: per condition, the questions
+whose stated confidence moved most between the before and after prediction tables of one run.
+It writes `experiments/<study>/output/report.md` and PNGs, logs them to the sweep's parent run
+under `report/`, and prints the main table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: reports are built on clusters and in CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from entropic import tracking  # noqa: E402
+from entropic.evaluate import METRIC_NAMES  # noqa: E402
+from entropic.metrics import mean_ci  # noqa: E402
+from entropic.sweeps import SWEEP_TAG, children  # noqa: E402
+
+EXPERIMENTS_DIR = tracking.PROJECT_ROOT / "experiments"
+# What the tables show of each condition, and how.
+TABLE_METRICS = {
+    "accuracy": "Eval accuracy",
+    "calibration_gap": "Calibration gap",
+    "confidence": "Mean confidence",
+}
+# Signed metrics are printed with their sign (+ overconfident, - underconfident).
+SIGNED = {"calibration_gap", "reduction"}
+# The training curves: one panel each.
+CURVE_METRICS = ("accuracy", "calibration_gap")
+# Questions shown per condition in the traces.
+TRACES_PER_CONDITION = 5
+# The prediction tables every training run logs (entropic.job).
+PREDICTIONS = {"before": "predictions/before.json", "after": "predictions/after.json"}
+
+
+class ReportError(ValueError):
+    """There is nothing to report from; the message says what to run."""
+
+
+@dataclass
+class SweepRuns:
+    """The finished child runs of one sweep, one row each, and their eval/* histories."""
+
+    client: MlflowClient
+    parent_run_id: str
+    # index run_id; the config values that tell conditions apart, and before/<m>, after/<m>
+    runs: pd.DataFrame
+    # run_id -> eval/* per step (rows: steps, columns: METRIC_NAMES)
+    histories: dict[str, pd.DataFrame]
+    # children that did not finish, as "run name (STATUS)"
+    skipped: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    title: str
+    # the main table as numbers: one row per condition, <metric>_mean/_low/_high, seeds, ref_*
+    table: pd.DataFrame
+    # the main table as shown (markdown and terminal)
+    shown: pd.DataFrame
+    # markdown sections after the main table
+    sections: list[str]
+    # file stem -> figure
+    figures: dict[str, plt.Figure]
+
+
+# --- reading a sweep from MLflow -------------------------------------------------------------
+
+
+def find_parent(client: MlflowClient, sweep: str) -> str:
+    """The newest parent run of `sweep` with at least one finished child."""
+    fix = f"Fix: make sweep SWEEP={sweep}, or point MLFLOW_TRACKING_URI at the store that has it"
+    experiment = client.get_experiment_by_name(sweep)
+    if experiment is None:
+        raise ReportError(f"no MLflow experiment {sweep!r} in {client.tracking_uri}. {fix}")
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.{SWEEP_TAG} = '{sweep}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=10_000,
+    )
+    finished_parents = {
+        run.data.tags["mlflow.parentRunId"]
+        for run in runs
+        if run.info.status == "FINISHED" and "mlflow.parentRunId" in run.data.tags
+    }
+    for run in runs:
+        if run.info.run_id in finished_parents:
+            return run.info.run_id
+    raise ReportError(f"no sweep {sweep!r} with a finished run in {client.tracking_uri}. {fix}")
+
+
+def metric_history(client: MlflowClient, run_id: str) -> pd.DataFrame:
+    """eval/<metric> of one run per step: step 0, the periodic evaluations, the last step."""
+    columns = {
+        name: pd.Series(
+            {m.step: m.value for m in client.get_metric_history(run_id, f"eval/{name}")},
+            dtype=float,
+        )
+        for name in METRIC_NAMES
+    }
+    return pd.DataFrame(columns).sort_index()
+
+
+def load_sweep(client: MlflowClient, parent_run_id: str) -> SweepRuns:
+    rows, histories, skipped = [], {}, []
+    for child in children(client, parent_run_id):
+        if child.info.status != "FINISHED":
+            skipped.append(f"{child.info.run_name} ({child.info.status})")
+            continue
+        run_id, params = child.info.run_id, child.data.params
+        history = metric_history(client, run_id)
+        histories[run_id] = history
+        rows.append(
+            {
+                "run_id": run_id,
+                "run_name": child.info.run_name,
+                "seed": int(params["seed"]),
+                "labeled_fraction": float(params["reward.labeled_fraction"]),
+                "epochs": float(params["trainer.epochs"]),
+                "train_size": int(params["data.train_size"]),
+                "train_questions": int(params["data.train_questions_used"]),
+                "eval_questions": int(params["data.eval_questions_used"]),
+                "periodic_size": int(params["eval.periodic_size"]),
+                "trained": params["train"] == "True",
+                "prompt": params["prompt.name"],
+                **{f"before/{m}": history[m].iloc[0] for m in METRIC_NAMES},
+                **{f"after/{m}": history[m].iloc[-1] for m in METRIC_NAMES},
+            }
+        )
+    if not rows:
+        raise ReportError(
+            f"parent run {parent_run_id} has no finished child run (skipped: {skipped}). "
+            "Fix: wait for the sweep, or pass another --parent-run-id"
+        )
+    return SweepRuns(
+        client, parent_run_id, pd.DataFrame(rows).set_index("run_id"), histories, skipped
+    )
+
+
+# --- numbers ---------------------------------------------------------------------------------
+
+
+def stage(runs: pd.DataFrame, when: str) -> pd.DataFrame:
+    """The eval metrics of `runs` before training (step 0) or after it (the last step)."""
+    return runs[[f"{when}/{m}" for m in METRIC_NAMES]].set_axis(list(METRIC_NAMES), axis=1)
+
+
+def interval(values: pd.Series) -> tuple[float, float, float]:
+    """Mean and 95% interval across seeds; NaN when no run has the value."""
+    values = values.dropna()
+    if values.empty:
+        return math.nan, math.nan, math.nan
+    return mean_ci(values.to_numpy(float))
+
+
+def summarize(groups: dict[str, pd.DataFrame], metrics) -> pd.DataFrame:
+    """One row per condition: <metric>_mean/_low/_high over its runs, and how many runs."""
+    rows = {}
+    for label, values in groups.items():
+        row = {"seeds": len(values)}
+        for metric in metrics:
+            row[f"{metric}_mean"], row[f"{metric}_low"], row[f"{metric}_high"] = interval(
+                values[metric]
+            )
+        rows[label] = row
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def with_reference(numbers: pd.DataFrame, reference: dict[str, dict[str, float]]) -> pd.DataFrame:
+    """Add ref_<metric> columns (NaN where the reference has no such condition or number)."""
+    numbers = numbers.copy()
+    metrics = sorted({m for ref in reference.values() for m in ref})
+    for metric in metrics:
+        numbers[f"ref_{metric}"] = [
+            reference.get(label, {}).get(metric, math.nan) for label in numbers.index
+        ]
+    return numbers
+
+
+def percent(mean: float, low: float = math.nan, high: float = math.nan, signed=False) -> str:
+    """43.6% [40.1, 47.0]; the interval is left out when there is none (one seed)."""
+    if math.isnan(mean):
+        return "-"
+    form = "{:+.1f}" if signed else "{:.1f}"
+    text = form.format(100 * mean) + "%"
+    if not (math.isnan(low) or math.isnan(high)) and high > low:
+        text += f" [{form.format(100 * low)}, {form.format(100 * high)}]"
+    return text
+
+
+def shown(numbers: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
+    """The table as printed: ours with intervals, then the reference, for `columns` (metric ->
+    heading)."""
+    table = pd.DataFrame(index=numbers.index)
+    for metric, heading in columns.items():
+        signed = metric in SIGNED
+        table[heading] = [
+            percent(row[f"{metric}_mean"], row[f"{metric}_low"], row[f"{metric}_high"], signed)
+            for _, row in numbers.iterrows()
+        ]
+    table["Seeds"] = numbers["seeds"].astype(int)
+    for metric, heading in columns.items():
+        if f"ref_{metric}" in numbers:
+            table[f"Reference: {heading.lower()}"] = [
+                percent(v, signed=metric in SIGNED) for v in numbers[f"ref_{metric}"]
+            ]
+    return table
+
+
+def reward_label(labeled_fraction: float) -> str:
+    if labeled_fraction == 1.0:
+        return "100% Brier"
+    if labeled_fraction == 0.0:
+        return "100% Stability"
+    return f"{labeled_fraction:.0%} Brier, {1 - labeled_fraction:.0%} Stability"
+
+
+def data_label(runs: pd.DataFrame) -> str:
+    """The pool, and the subset the CPU profile trained on when it is smaller."""
+    pool, used = int(runs["train_size"].iloc[0]), int(runs["train_questions"].iloc[0])
+    return f"{pool:,}" if used >= pool else f"{pool:,} ({used} used)"
+
+
+def ordered(groups: dict[str, pd.DataFrame], order: list[str]) -> dict[str, pd.DataFrame]:
+    """The known conditions in the reference's order, any others after them."""
+    known = [label for label in order if label in groups]
+    return {label: groups[label] for label in known + sorted(set(groups) - set(order))}
+
+
+def paired_difference(first: pd.DataFrame, second: pd.DataFrame, metric: str) -> pd.Series:
+    """second - first per seed (same seed, same training subset), for seeds both have."""
+    a = first.set_index("seed")[f"after/{metric}"]
+    b = second.set_index("seed")[f"after/{metric}"]
+    return (b - a).dropna()
+
+
+# --- figures ---------------------------------------------------------------------------------
+
+
+def bar_figure(numbers: pd.DataFrame, metrics: dict[str, str], title: str) -> plt.Figure:
+    """One panel per metric: our means with 95% intervals, the reference as black diamonds."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics), 4), squeeze=False)
+    x = np.arange(len(numbers))
+    for ax, (metric, heading) in zip(axes[0], metrics.items(), strict=True):
+        mean = 100 * numbers[f"{metric}_mean"].to_numpy(float)
+        low = 100 * numbers[f"{metric}_low"].to_numpy(float)
+        high = 100 * numbers[f"{metric}_high"].to_numpy(float)
+        error = np.nan_to_num(np.vstack([mean - low, high - mean]))
+        ax.bar(x, mean, yerr=error, capsize=4, color="tab:blue", alpha=0.8, label="ours, 95% CI")
+        if f"ref_{metric}" in numbers:
+            ax.scatter(
+                x, 100 * numbers[f"ref_{metric}"], marker="D", color="black", label="reference"
+            )
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xticks(x, list(numbers.index), fontsize=8)
+        ax.set_ylabel(f"{heading} (%)")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def share_figure(numbers: pd.DataFrame, metrics: dict[str, str], x: list[float], xlabel: str):
+    """One panel per metric against a swept share in [0, 1], with 95% intervals and the
+    reference."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics), 4), squeeze=False)
+    for ax, (metric, heading) in zip(axes[0], metrics.items(), strict=True):
+        mean = 100 * numbers[f"{metric}_mean"].to_numpy(float)
+        low = 100 * numbers[f"{metric}_low"].to_numpy(float)
+        high = 100 * numbers[f"{metric}_high"].to_numpy(float)
+        error = np.nan_to_num(np.vstack([mean - low, high - mean]))
+        ax.errorbar(x, mean, yerr=error, marker="o", capsize=4, label="ours, 95% CI")
+        if f"ref_{metric}" in numbers:
+            ax.scatter(
+                x, 100 * numbers[f"ref_{metric}"], marker="D", color="black", label="reference"
+            )
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xlim(-0.05, 1.05)
+        ax.set_xticks(np.linspace(0, 1, 5))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"{heading} (%)")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def curves_figure(sweep: SweepRuns, groups: dict[str, pd.DataFrame]) -> plt.Figure | None:
+    """eval/accuracy and eval/calibration_gap against the training step, per condition: the mean
+    over seeds at the steps every seed evaluated, with a 95% band."""
+    trained = {label: runs[runs["trained"]] for label, runs in groups.items()}
+    trained = {label: runs for label, runs in trained.items() if not runs.empty}
+    if not trained:
+        return None
+    fig, axes = plt.subplots(1, len(CURVE_METRICS), figsize=(5.2 * len(CURVE_METRICS), 4))
+    for ax, metric in zip(axes, CURVE_METRICS, strict=True):
+        for label, runs in trained.items():
+            per_seed = pd.concat([sweep.histories[r][metric] for r in runs.index], axis=1).dropna()
+            bands = [interval(per_seed.loc[step]) for step in per_seed.index]
+            mean, low, high = (100 * np.array(column) for column in zip(*bands, strict=True))
+            ax.plot(per_seed.index, mean, marker="o", ms=3, label=label)
+            ax.fill_between(per_seed.index, low, high, alpha=0.2)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("training step")
+        ax.set_ylabel(f"{TABLE_METRICS[metric]} (%)")
+    axes[0].legend(fontsize=8)
+    runs = pd.concat(trained.values())
+    fig.suptitle(
+        f"Held-out evaluation during training: steps between the first and the last on the first "
+        f"{runs['periodic_size'].min()} of {runs['eval_questions'].min()} questions",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    return fig
+
+
+# --- traces ----------------------------------------------------------------------------------
+
+
+def moved_most(before: pd.DataFrame, after: pd.DataFrame, k: int) -> pd.DataFrame:
+    """The k questions whose stated confidence changed most, both confidences parsed.
+
+    Among equal changes, questions whose answer changed come first, then question id order, so
+    the same tables always give the same rows.
+    """
+    both = before.merge(after, on="question_id", suffixes=("_before", "_after"))
+    both = both.dropna(subset=["confidence_before", "confidence_after"])
+    both["change"] = both["confidence_after"] - both["confidence_before"]
+    both["size"] = both["change"].abs()
+    both["answer_changed"] = both["answer_before"] != both["answer_after"]
+    top = both.sort_values(
+        ["size", "answer_changed", "question_id"], ascending=[False, False, True]
+    ).head(k)
+
+    def said(row: pd.Series, when: str) -> str:
+        mark = "right" if row[f"correct_{when}"] else "wrong"
+        return cell(f"{row[f'answer_{when}']} ({row[f'confidence_{when}']:.0%}, {mark})")
+
+    return pd.DataFrame(
+        {
+            "Question": [cell(q) for q in top["question_before"]],
+            # the gold aliases are joined with " | " (entropic.evaluate.grade)
+            "Gold": [cell(" / ".join(g.split(" | ")[:3])) for g in top["gold_before"]],
+            "Before": [said(row, "before") for _, row in top.iterrows()],
+            "After": [said(row, "after") for _, row in top.iterrows()],
+            "Change": [f"{100 * c:+.0f} pts" for c in top["change"]],
+        }
+    )
+
+
+def cell(text: str) -> str:
+    """Text that cannot break a markdown table row."""
+    return str(text).replace("|", "/").replace("\n", " ")
+
+
+def traces_section(sweep: SweepRuns, groups: dict[str, pd.DataFrame]) -> str:
+    """Per condition, one run (the lowest seed): before vs after on the same questions."""
+    lines = [
+        "## Traces",
+        "",
+        f"Per condition, the {TRACES_PER_CONDITION} held-out questions whose stated confidence "
+        "moved most between the evaluation before training and after it (one run, the lowest "
+        "seed; greedy decoding both times).",
+    ]
+    for label, runs in groups.items():
+        trained = runs[runs["trained"]].sort_values("seed")
+        if trained.empty:
+            continue
+        run_id = trained.index[0]
+        experiment_id = sweep.client.get_run(run_id).info.experiment_id
+        tables = {
+            when: sweep.client.load_table(experiment_id, path, run_ids=[run_id])
+            for when, path in PREDICTIONS.items()
+        }
+        moved = moved_most(tables["before"], tables["after"], TRACES_PER_CONDITION)
+        lines += [
+            "",
+            f"### {label}: run {trained['run_name'].iloc[0]}",
+            "",
+            moved.to_markdown(index=False) if not moved.empty else "(no parsed confidences)",
+        ]
+    return "\n".join(lines)
+
+
+# --- the studies -----------------------------------------------------------------------------
+
+
+def training_report(
+    sweep: SweepRuns,
+    title: str,
+    groups: dict[str, pd.DataFrame],
+    reference: dict[str, dict[str, float]],
+    describe: Callable[[pd.DataFrame], dict[str, str]],
+    figure: Callable[[pd.DataFrame], plt.Figure],
+    figure_name: str,
+) -> Report:
+    """The parts every training study shares: table, figure, curves, traces."""
+    if not groups:
+        raise ReportError(
+            f"parent run {sweep.parent_run_id} has no finished training run (train: true). "
+            "Fix: pass the --parent-run-id of this study's sweep"
+        )
+    numbers = with_reference(
+        summarize({label: stage(runs, "after") for label, runs in groups.items()}, TABLE_METRICS),
+        reference,
+    )
+    described = pd.DataFrame.from_dict(
+        {label: describe(runs) for label, runs in groups.items()}, orient="index"
+    )
+    table = pd.concat([described, shown(numbers, TABLE_METRICS)], axis=1)
+    figures = {figure_name: figure(numbers)}
+    curves = curves_figure(sweep, groups)
+    if curves is not None:
+        figures["training_curves"] = curves
+    sections = [
+        f"![{figure_name}]({figure_name}.png)",
+        untrained_line(sweep.runs),
+        "## Training curves\n\n![training curves](training_curves.png)",
+        traces_section(sweep, groups),
+    ]
+    return Report(title, numbers, table, sections, figures)
+
+
+def untrained_line(runs: pd.DataFrame) -> str:
+    before = summarize({"untrained": stage(runs[runs["trained"]], "before")}, TABLE_METRICS)
+    row = before.iloc[0]
+    return (
+        "Before training (step 0 of the same runs): accuracy "
+        f"{percent(row['accuracy_mean'])}, calibration gap "
+        f"{percent(row['calibration_gap_mean'], signed=True)}, mean confidence "
+        f"{percent(row['confidence_mean'])}."
+    )
+
+
+ABUNDANT_CONDITIONS = {1.0: "100% Brier", 0.5: "50/50 Mixed", 0.0: "100% Stability"}
+ABUNDANT_REFERENCE = {
+    "100% Brier": {"accuracy": 0.449, "calibration_gap": 0.052},
+    "50/50 Mixed": {"accuracy": 0.423, "calibration_gap": 0.130},
+    "100% Stability": {"accuracy": 0.406, "calibration_gap": 0.219},
+}
+
+
+def abundant_ablation(sweep: SweepRuns) -> Report:
+    trained = sweep.runs[sweep.runs["trained"]]
+    groups = {
+        ABUNDANT_CONDITIONS.get(lf, reward_label(lf)): runs
+        for lf, runs in trained.groupby("labeled_fraction")
+    }
+    return training_report(
+        sweep,
+        "Abundant data: Brier, 50/50 and stability",
+        ordered(groups, list(ABUNDANT_REFERENCE)),
+        ABUNDANT_REFERENCE,
+        lambda runs: {"Labels used": f"{runs['labeled_fraction'].iloc[0]:.0%}"},
+        lambda numbers: bar_figure(
+            numbers,
+            {"accuracy": "Eval accuracy", "calibration_gap": "Calibration gap"},
+            "Abundant-data ablation",
+        ),
+        "ablation_bars",
+    )
+
+
+# Runs A, B and C of the reference, by (labeled_fraction, epochs).
+SCARCE_RUNS = {(1.0, 1.0): "A", (1.0, 2.0): "B", (0.5, 2.0): "C"}
+SCARCE_REFERENCE = {
+    "A": {"accuracy": 0.497, "calibration_gap": 0.300},
+    "B": {"accuracy": 0.315, "calibration_gap": 0.057, "confidence": 0.372},
+    "C": {"accuracy": 0.436, "calibration_gap": 0.114, "confidence": 0.549},
+}
+
+
+def scarce_collapse(sweep: SweepRuns) -> Report:
+    trained = sweep.runs[sweep.runs["trained"]]
+    groups = {
+        SCARCE_RUNS.get(key, f"{reward_label(key[0])}, {key[1]:g} epochs"): runs
+        for key, runs in trained.groupby(["labeled_fraction", "epochs"])
+    }
+    groups = ordered(groups, list(SCARCE_REFERENCE))
+    report = training_report(
+        sweep,
+        "Scarce data: does stability prevent collapse? (Runs A, B, C)",
+        groups,
+        SCARCE_REFERENCE,
+        lambda runs: {
+            "Data": data_label(runs),
+            "Reward": reward_label(runs["labeled_fraction"].iloc[0]),
+            "Epochs": f"{runs['epochs'].iloc[0]:g}",
+        },
+        lambda numbers: bar_figure(
+            numbers,
+            {"accuracy": "Eval accuracy", "calibration_gap": "Calibration gap"},
+            "Stability as a regulariser: a second epoch of pure Brier vs the 50/50 mix",
+        ),
+        "stability_as_regulariser",
+    )
+    lines = []
+    for first, second, meaning, reference in (
+        ("A", "B", "the collapse: B - A accuracy", -0.182),
+        ("B", "C", "stability's effect: C - B accuracy", 0.121),
+    ):
+        if first in groups and second in groups:
+            diff = paired_difference(groups[first], groups[second], "accuracy")
+            if not diff.empty:
+                ours = percent(*interval(diff), signed=True)
+                lines.append(
+                    f"- {meaning}, paired by seed ({len(diff)} seeds): {ours} "
+                    f"(reference {percent(reference, signed=True)})"
+                )
+    if lines:
+        report.sections.insert(1, "\n".join(lines))
+    return report
+
+
+# The reference tested 0.5 (Run C) and 1.0 (Run B) on the scarce pool for 2 epochs.
+MIX_REFERENCE = {
+    "0.5": {"accuracy": 0.436, "calibration_gap": 0.114, "confidence": 0.549},
+    "1": {"accuracy": 0.315, "calibration_gap": 0.057, "confidence": 0.372},
+}
+
+
+def mix_ratio(sweep: SweepRuns) -> Report:
+    trained = sweep.runs[sweep.runs["trained"]]
+    groups = {f"{lf:g}": runs for lf, runs in trained.groupby("labeled_fraction")}
+    x = [float(label) for label in groups]
+    return training_report(
+        sweep,
+        "Label mix on scarce data: accuracy and calibration against labeled_fraction",
+        groups,
+        MIX_REFERENCE,
+        lambda runs: {
+            "Reward": reward_label(runs["labeled_fraction"].iloc[0]),
+            "Data": data_label(runs),
+            "Epochs": f"{runs['epochs'].iloc[0]:g}",
+        },
+        lambda numbers: share_figure(
+            numbers,
+            {"accuracy": "Eval accuracy", "calibration_gap": "Calibration gap"},
+            x,
+            "reward.labeled_fraction (0: pure stability, 1: pure Brier)",
+        ),
+        "mix_ratio",
+    )
+
+
+RL_VS_PROMPTING_REFERENCE = {
+    "Untrained": {"calibration_gap": 0.485},
+    "Aggressive prompting": {"calibration_gap": 0.351, "reduction": 0.27},
+    "RL training": {"calibration_gap": 0.117, "reduction": 0.76},
+}
+
+
+def rl_vs_prompting(sweep: SweepRuns) -> Report:
+    runs = sweep.runs
+    trained, prompted = runs[runs["trained"]], runs[~runs["trained"]]
+    untrained = stage(trained, "before")
+    untrained_gap = untrained["calibration_gap"].mean()
+    values = {
+        "Untrained": untrained,
+        "Aggressive prompting": stage(prompted, "after"),
+        "RL training": stage(trained, "after"),
+    }
+    # Reduction of the gap from the untrained model's: RL against its own step 0, prompting
+    # against the untrained mean (greedy evaluation makes step 0 the same for every seed).
+    values["Untrained"]["reduction"] = math.nan
+    values["Aggressive prompting"]["reduction"] = 1 - (
+        values["Aggressive prompting"]["calibration_gap"] / untrained_gap
+    )
+    values["RL training"]["reduction"] = 1 - (
+        values["RL training"]["calibration_gap"] / untrained["calibration_gap"]
+    )
+    values = {label: frame for label, frame in values.items() if not frame.empty}
+    columns = {
+        "calibration_gap": "Calibration gap",
+        "reduction": "Reduction from baseline",
+        "accuracy": "Eval accuracy",
+        "confidence": "Mean confidence",
+    }
+    numbers = with_reference(summarize(values, columns), RL_VS_PROMPTING_REFERENCE)
+    table = shown(numbers, columns)
+    figures = {
+        "rl_vs_prompting": bar_figure(
+            numbers,
+            {"calibration_gap": "Calibration gap", "accuracy": "Eval accuracy"},
+            "RL training vs prompting (greedy evaluation)",
+        )
+    }
+    prompts = ", ".join(sorted(prompted["prompt"].unique())) or "-"
+    sections = [
+        "![rl vs prompting](rl_vs_prompting.png)",
+        f"Prompting arm: `prompt={prompts}`, `train: false`. The untrained row is step 0 of the "
+        "RL runs (default prompt, same questions, greedy).",
+    ]
+    if not trained.empty:
+        groups = {"RL training": trained}
+        figures["training_curves"] = curves_figure(sweep, groups)
+        sections += [
+            "## Training curves\n\n![training curves](training_curves.png)",
+            traces_section(sweep, groups),
+        ]
+    return Report("RL training vs prompting", numbers, table, sections, figures)
+
+
+@dataclass(frozen=True)
+class Study:
+    # the sweep (sweeps/<sweep>.yaml) and MLflow experiment whose runs the study reads
+    sweep: str
+    build: Callable[[SweepRuns], Report]
+
+
+STUDIES: dict[str, Study] = {
+    "abundant_ablation": Study("abundant_ablation", abundant_ablation),
+    "scarce_collapse": Study("scarce_collapse", scarce_collapse),
+    "mix_ratio": Study("mix_ratio", mix_ratio),
+    "rl_vs_prompting": Study("rl_vs_prompting", rl_vs_prompting),
+}
+
+
+def get_study(name: str) -> Study:
+    if name not in STUDIES:
+        raise ReportError(f"unknown study {name!r}. Fix: use one of {sorted(STUDIES)}")
+    return STUDIES[name]
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+
+def markdown(report: Report, sweep: SweepRuns, study: str) -> str:
+    parent = sweep.client.get_run(sweep.parent_run_id)
+    skipped = f" Not finished, left out: {', '.join(sweep.skipped)}." if sweep.skipped else ""
+    return "\n\n".join(
+        [
+            f"# {report.title}",
+            f"Study `{study}`, built by `python -m entropic.report {study}` from the sweep "
+            f"`{parent.info.run_name}` (parent run `{sweep.parent_run_id}`, "
+            f"{len(sweep.runs)} finished runs) in `{sweep.client.tracking_uri}`.{skipped} "
+            "Ours: mean over seeds with a 95% interval where there is more than one seed.",
+            report.shown.to_markdown(),
+            *report.sections,
+        ]
+    )
+
+
+def write_report(
+    study: str,
+    client: MlflowClient,
+    output_dir: Path | None = None,
+    parent_run_id: str | None = None,
+) -> Report:
+    """Build a study's report from MLflow, write it, log it to the parent run, print its table."""
+    definition = get_study(study)
+    parent_run_id = parent_run_id or find_parent(client, definition.sweep)
+    sweep = load_sweep(client, parent_run_id)
+    report = definition.build(sweep)
+    output_dir = Path(output_dir or EXPERIMENTS_DIR / study / "output")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, figure in report.figures.items():
+        figure.savefig(output_dir / f"{name}.png", dpi=120)
+        plt.close(figure)
+        written.append(output_dir / f"{name}.png")
+    text = markdown(report, sweep, study)
+    (output_dir / "report.md").write_text(text + "\n")
+    written.append(output_dir / "report.md")
+    for path in written:
+        client.log_artifact(parent_run_id, str(path), f"report/{study}")
+    print(f"\n== {report.title} ==")
+    print(report.shown.to_markdown())
+    print(f"\nReport: {output_dir / 'report.md'}; MLflow run {parent_run_id}, report/{study}/")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m entropic.report", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("study", nargs="?", help=f"one of {', '.join(STUDIES)}")
+    parser.add_argument("--parent-run-id", help="the sweep to read (default: the newest)")
+    parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI)")
+    parser.add_argument("--output", type=Path, help="default: experiments/<study>/output")
+    parser.add_argument("--list", action="store_true", help="list the studies")
+    args = parser.parse_args(argv)
+    if args.list or not args.study:
+        print("\n".join(f"{name}: sweeps/{s.sweep}.yaml" for name, s in STUDIES.items()))
+        return 0
+    try:
+        write_report(
+            args.study, tracking.get_client(args.tracking_uri), args.output, args.parent_run_id
+        )
+    except ReportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""Study reports: built from the real runs of the smoke sweep, their numbers are the runs' own."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from entropic import tracking
+from entropic.report import STUDIES, ReportError, main, moved_most, percent, write_report
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ((0.436, 0.401, 0.470), "43.6% [40.1, 47.0]"),  # mean and 95% interval
+        ((0.114, 0.114, 0.114), "11.4%"),  # one seed: no interval to show
+        ((-0.05, math.nan, math.nan, True), "-5.0%"),  # a signed gap keeps its sign
+        ((0.057, 0.01, 0.1, True), "+5.7% [+1.0, +10.0]"),
+        ((math.nan,), "-"),  # no run had the value
+    ],
+)
+def test_percent(args, expected):
+    assert percent(*args) == expected
+
+
+def predictions(rows):
+    return pd.DataFrame(
+        rows, columns=["question_id", "question", "gold", "answer", "confidence", "correct"]
+    )
+
+
+def test_moved_most_orders_by_the_size_of_the_change():
+    before = predictions(
+        [
+            ("q1", "Capital of France?", "Paris", "Paris", 0.9, True),
+            ("q2", "Capital of Chad?", "N'Djamena", "Abuja", 0.9, False),
+            ("q3", "Currency of Japan?", "Yen", "Yen", 0.8, True),
+            ("q4", "Capital of Peru?", "Lima", None, None, False),
+        ]
+    )
+    after = predictions(
+        [
+            ("q1", "Capital of France?", "Paris", "Paris", 0.8, True),  # -10 pts
+            ("q2", "Capital of Chad?", "N'Djamena", "Abuja", 0.3, False),  # -60 pts
+            ("q3", "Currency of Japan?", "Yen", "Yen", 0.9, True),  # +10 pts, ties with q1
+            ("q4", "Capital of Peru?", "Lima", "Lima", 0.7, True),  # before unparsed: left out
+        ]
+    )
+    moved = moved_most(before, after, k=3)
+    assert list(moved["Question"]) == [
+        "Capital of Chad?",  # the largest change
+        "Capital of France?",  # q1 and q3 tie at 10 points: question id order
+        "Currency of Japan?",
+    ]
+    assert list(moved["Change"]) == ["-60 pts", "-10 pts", "+10 pts"]
+    assert moved["Before"].iloc[0] == "Abuja (90%, wrong)"
+    assert moved["After"].iloc[0] == "Abuja (30%, wrong)"
+
+
+def test_unknown_study_lists_the_valid_ones():
+    with pytest.raises(ReportError, match="scarce_collapse"):
+        write_report("scarce_colapse", MlflowClient("sqlite:///:memory:"))
+
+
+def test_a_store_without_the_sweep_says_what_to_run(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main(["mix_ratio", "--tracking-uri", uri]) == 2
+    assert "make sweep SWEEP=mix_ratio" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(smoke_sweep):
+    """The smoke sweep's two runs, read straight from MLflow (independently of the report)."""
+    assert smoke_sweep.done.returncode == 0, smoke_sweep.done.stderr[-3000:]
+    client = MlflowClient(smoke_sweep.uri)
+    experiment = client.get_experiment_by_name("rl_vs_prompting")
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    by_name = {r.data.params["name"]: r for r in runs if r is not parent}
+
+    def at_step_zero(run, metric):
+        (first,) = [m for m in client.get_metric_history(run.info.run_id, metric) if m.step == 0]
+        return first.value
+
+    rl, prompted = by_name["scarce_mixed"], by_name["prompting_baseline"]
+    metrics = ("accuracy", "calibration_gap", "confidence")
+    return {
+        "parent": parent.info.run_id,
+        # the latest value of a metric is its value at the last step
+        "rl after": {m: rl.data.metrics[f"eval/{m}"] for m in metrics},
+        "rl before": {m: at_step_zero(rl, f"eval/{m}") for m in metrics},
+        "prompted": {m: prompted.data.metrics[f"eval/{m}"] for m in metrics},
+    }
+
+
+# Where each table row of each study gets its numbers, given the smoke sweep's two runs (Run C,
+# trained for two steps, and the prompting baseline, never trained).
+ROWS = [
+    # why: labeled_fraction 0.5 for 2 epochs is Run C; the untrained baseline is not a run
+    ("scarce_collapse", "C", "rl after"),
+    # why: mix_ratio rows are labeled shares
+    ("mix_ratio", "0.5", "rl after"),
+    # why: the ablation's conditions are the labeled share alone
+    ("abundant_ablation", "50/50 Mixed", "rl after"),
+    # why: the untrained model is step 0 of the RL run, not a run of its own
+    ("rl_vs_prompting", "Untrained", "rl before"),
+    ("rl_vs_prompting", "Aggressive prompting", "prompted"),
+    ("rl_vs_prompting", "RL training", "rl after"),
+]
+
+
+@pytest.fixture(scope="module")
+def reports(smoke_sweep, smoke_runs, tmp_path_factory):
+    """Every study's report from the smoke sweep: rl_vs_prompting finds its sweep on its own (the
+    newest parent run of its experiment); the others are pointed at it."""
+    client = tracking.get_client(smoke_sweep.uri)
+    out = tmp_path_factory.mktemp("reports")
+    return {
+        study: (
+            write_report(
+                study,
+                client,
+                out / study,
+                parent_run_id=None if study == "rl_vs_prompting" else smoke_runs["parent"],
+            ),
+            out / study,
+        )
+        for study in STUDIES
+    }
+
+
+@pytest.mark.parametrize(("study", "row", "source"), ROWS)
+def test_report_numbers_are_the_runs_metrics(reports, smoke_runs, study, row, source):
+    report, _ = reports[study]
+    expected = smoke_runs[source]
+    for metric in ("accuracy", "calibration_gap"):
+        assert report.table.loc[row, f"{metric}_mean"] == pytest.approx(expected[metric])
+    assert report.table.loc[row, "seeds"] == 1
+
+
+@pytest.mark.parametrize(
+    ("study", "rows"), [(s, [r for t, r, _ in ROWS if t == s]) for s in STUDIES]
+)
+def test_each_report_has_exactly_its_rows(reports, study, rows):
+    # why: the untrained prompting baseline must not land in a training study's table
+    assert list(reports[study][0].table.index) == rows
+
+
+def test_gap_reductions_are_computed_from_the_runs(reports, smoke_runs):
+    table = reports["rl_vs_prompting"][0].table
+    untrained = smoke_runs["rl before"]["calibration_gap"]
+    for row, source in (("Aggressive prompting", "prompted"), ("RL training", "rl after")):
+        expected = 1 - smoke_runs[source]["calibration_gap"] / untrained
+        assert table.loc[row, "reduction_mean"] == pytest.approx(expected)
+    # the reference's numbers stand beside ours
+    assert table.loc["RL training", "ref_calibration_gap"] == pytest.approx(0.117)
+    assert table.loc["Aggressive prompting", "ref_reduction"] == pytest.approx(0.27)
+
+
+@pytest.mark.parametrize("study", list(STUDIES))
+def test_report_is_written_and_logged_to_the_parent_run(reports, smoke_runs, smoke_sweep, study):
+    report, out = reports[study]
+    text = (out / "report.md").read_text()
+    # the table in the markdown shows the runs' numbers, the figures are there
+    assert percent(smoke_runs["rl after"]["accuracy"]) in text
+    for name in report.figures:
+        assert (out / f"{name}.png").stat().st_size > 0
+        assert f"({name}.png)" in text
+    assert "## Traces" in text
+    client = MlflowClient(smoke_sweep.uri)
+    logged = {a.path for a in client.list_artifacts(smoke_runs["parent"], f"report/{study}")}
+    assert {f"report/{study}/report.md", f"report/{study}/training_curves.png"} <= logged

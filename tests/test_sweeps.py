@@ -1,0 +1,237 @@
+"""Sweeps: each versioned sweep expands to its grid of valid configs; a real smoke sweep leaves one
+MLflow parent run with tagged children; jobs writing to one sqlite store at once lose nothing."""
+
+from __future__ import annotations
+
+import copy
+import multiprocessing
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf, open_dict
+
+from entropic import tracking
+from entropic.config import RunConfig
+from entropic.sweeps import PARENT_RUN_FILE, final_status, grid_points, swept_values
+from tests.conftest import CONF_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEPS_DIR = ROOT / "sweeps"
+SWEEPS = sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml"))
+SEEDS = (0, 1, 2)
+
+
+def compose_sweep(sweep: str, overrides: list[str]):
+    """Compose like `python -m entropic.run -cd sweeps -cn <sweep>`: the CLI keeps conf/ (the
+    entry point's config path) on the search path next to sweeps/; here we name it."""
+    with initialize_config_dir(config_dir=str(SWEEPS_DIR), version_base="1.3"):
+        return compose(
+            sweep,
+            overrides=[f"hydra.searchpath=[file://{CONF_DIR}]", *overrides],
+            return_hydra_config=True,
+        )
+
+
+def point_config(sweep: str, point: list[str], tmp_path: Path) -> RunConfig:
+    """One job's validated config, resolved the way Hydra's run_job resolves it."""
+    cfg = compose_sweep(sweep, [*point, f"output_dir={tmp_path}"])
+    HydraConfig.instance().set_config(cfg)  # `${hydra:...}` (the sweep_point tag) resolves
+    job = copy.deepcopy(cfg)
+    with open_dict(job):
+        del job["hydra"]
+    return RunConfig.from_hydra(job)
+
+
+def expand(sweep: str) -> list[list[str]]:
+    params = compose_sweep(sweep, []).hydra.sweeper.params
+    return grid_points(OmegaConf.to_container(params), [])
+
+
+def points(runs, seeds=SEEDS):
+    return {(*run, seed) for run in runs for seed in seeds}
+
+
+# Each point as (pool, labeled_fraction, epochs, trains?, prompt, seed).
+GRIDS = {
+    # why: Run C's pool and epochs, with every labeled share from pure stability to pure Brier
+    "mix_ratio": points([(1600, lf, 2, True, "default") for lf in (0.0, 0.25, 0.5, 0.75, 1.0)]),
+    # why: Runs A, B, C of the reference: one epoch vs two of pure Brier, two of 50/50
+    "scarce_collapse": points(
+        [(1600, 1.0, 1, True, "default"), (1600, 1.0, 2, True, "default")]
+        + [(1600, 0.5, 2, True, "default")]
+    ),
+    # why: the abundant pool for one epoch, labels 100% / 50% / 0%
+    "abundant_ablation": points([(5000, lf, 1, True, "default") for lf in (1.0, 0.5, 0.0)]),
+    # why: the calibration prompt without training against Run C with the default prompt
+    "rl_vs_prompting": points(
+        [(1600, 0.5, 1, False, "calibration_aggressive"), (1600, 0.5, 2, True, "default")]
+    ),
+}
+
+
+def test_every_sweep_has_a_grid_here():
+    assert sorted(GRIDS) == SWEEPS
+
+
+@pytest.mark.parametrize("sweep", SWEEPS)
+def test_every_sweep_expands_to_its_grid(sweep, tmp_path):
+    configs = [point_config(sweep, point, tmp_path) for point in expand(sweep)]
+    got = [
+        (
+            c.data.train_size,
+            c.reward.labeled_fraction,
+            c.trainer.epochs,
+            c.train,
+            c.prompt.name,
+            c.seed,
+        )
+        for c in configs
+    ]
+    assert len(got) == len(GRIDS[sweep])  # no point twice
+    assert set(got) == GRIDS[sweep]
+    for config in configs:
+        # why: parent and children share the sweep's MLflow experiment, so the UI nests them
+        assert config.tracking.experiment_name == sweep
+        assert config.tags["sweep"] == sweep
+        assert f"seed={config.seed}" in config.tags["sweep_point"]
+        # why: every sweep logs eval/* during training, for the reports' curves
+        assert config.trainer.eval_every_n_steps > 0
+        # why: outside a running sweep no parent run exists
+        assert config.tracking.parent_run_id is None
+
+
+@pytest.mark.parametrize(
+    ("params", "command_line", "expected"),
+    [
+        # the grid is a product, in the order Hydra launches it
+        (
+            {"a": "1,2", "seed": "0,1"},
+            [],
+            [["a=1", "seed=0"], ["a=1", "seed=1"]] + [["a=2", "seed=0"], ["a=2", "seed=1"]],
+        ),
+        # a command-line key replaces its list: `make sweep ARGS=seed=0` runs one seed
+        ({"a": "1,2", "seed": "0,1"}, ["seed=0"], [["a=1", "seed=0"], ["a=2", "seed=0"]]),
+        # a fixed command-line override joins every point
+        ({"a": "1,2"}, ["compute=cpu"], [["a=1", "compute=cpu"], ["a=2", "compute=cpu"]]),
+    ],
+)
+def test_grid_points_follow_hydras_basic_sweeper(params, command_line, expected):
+    assert grid_points(params, command_line) == expected
+
+
+def test_swept_values_list_each_keys_values_once():
+    points = [["a=1", "seed=0"], ["a=1", "seed=1"], ["a=2", "seed=0"]]
+    assert swept_values(points) == {"sweep.a": "1,2", "sweep.seed": "0,1"}
+
+
+@pytest.mark.parametrize(
+    ("statuses", "completed", "expected"),
+    [
+        (["FINISHED", "FINISHED"], True, "FINISHED"),  # every point ran
+        (["FINISHED", "FAILED"], True, "FAILED"),  # one crash fails the sweep
+        (["FINISHED", "KILLED"], False, "KILLED"),  # Ctrl-C / SIGTERM in a job
+        (["FAILED", "KILLED"], False, "FAILED"),  # a failure outranks an interruption
+        ([], False, "FAILED"),  # stopped before any run: a rejected config
+        (["FINISHED"], False, "FAILED"),  # stopped early though what ran finished
+    ],
+)
+def test_parent_status_is_the_worst_outcome(statuses, completed, expected):
+    assert final_status(statuses, completed) == expected
+
+
+def test_smoke_sweep_makes_one_parent_with_tagged_children(smoke_sweep):
+    assert smoke_sweep.done.returncode == 0, smoke_sweep.done.stderr[-3000:]
+    client = MlflowClient(smoke_sweep.uri)
+    experiment = client.get_experiment_by_name("rl_vs_prompting")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    (parent,) = parents
+    kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(kids) == 2 and len(runs) == 3
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["sweep"] == "rl_vs_prompting"
+    assert parent.data.params["sweep.points"] == "2"
+    assert parent.data.params["sweep.experiment"] == "prompting_baseline,scarce_mixed"
+    assert parent.data.params["sweep.seed"] == "0"
+    assert (smoke_sweep.sweep_dir / PARENT_RUN_FILE).read_text() == parent.info.run_id
+    by_experiment = {r.data.params["name"]: r for r in kids}
+    assert set(by_experiment) == {"prompting_baseline", "scarce_mixed"}
+    for name, run in by_experiment.items():
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["sweep"] == "rl_vs_prompting"
+        point = run.data.tags["sweep_point"].split(",")
+        assert f"experiment={name}" in point and "seed=0" in point
+    # why: the baseline only evaluates (step 0); Run C also evaluates at step 1 (periodic, every
+    # step) and at its last step 2, which the reports' training curves draw
+    for name, steps in (("prompting_baseline", [0]), ("scarce_mixed", [0, 1, 2])):
+        run_id = by_experiment[name].info.run_id
+        for metric in ("accuracy", "calibration_gap"):
+            history = client.get_metric_history(run_id, f"eval/{metric}")
+            assert sorted(m.step for m in history) == steps, (name, metric)
+    assert by_experiment["prompting_baseline"].data.params["prompt.name"] == (
+        "calibration_aggressive"
+    )
+    assert "parent run" in smoke_sweep.done.stdout
+
+
+def test_a_sweep_stopped_by_a_rejected_config_leaves_its_parent_failed(tmp_path):
+    """A bad value exits the first job with status 2; the exit hook still closes the parent."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "HF_HUB_OFFLINE": "1"}
+    env.pop("ENTROPIC_PARENT_RUN_ID", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "entropic.run", "-cd", "sweeps", "-cn", "rl_vs_prompting"]
+        + ["seed=0", "reward.labeled_fraction=1.5", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2 and "reward.labeled_fraction" in done.stderr
+    client = MlflowClient(uri)
+    (parent,) = client.search_runs([client.get_experiment_by_name("rl_vs_prompting").experiment_id])
+    assert parent.info.status == "FAILED"
+
+
+def write_metrics(uri: str, worker: int, barrier, count: int) -> None:
+    """One parallel job: open a run, log `count` metric steps one call at a time, close it."""
+    client = tracking.get_client(uri)
+    barrier.wait()  # all workers write at the same moment
+    with tracking.mlflow_run(client, "parallel", f"worker{worker}", {}) as run_id:
+        for step in range(count):
+            tracking.log_metrics(client, run_id, {"value": worker * 1000 + step}, step, "x/")
+
+
+def test_parallel_jobs_writing_one_sqlite_store_lose_nothing(tmp_path):
+    """MLflow's sqlite store waits on a locked database (busy_timeout) instead of failing."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # As in a sweep, the parent process creates the store before any job writes to it.
+    tracking.get_or_create_experiment(tracking.get_client(uri), "parallel")
+    workers, count = 3, 50
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(workers)
+    processes = [
+        context.Process(target=write_metrics, args=(uri, w, barrier, count)) for w in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=300)
+    assert [p.exitcode for p in processes] == [0] * workers
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("parallel").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == [f"worker{w}" for w in range(workers)]
+    for run in runs:
+        worker = int(run.info.run_name.removeprefix("worker"))
+        history = client.get_metric_history(run.info.run_id, "x/value")
+        assert sorted((m.step, m.value) for m in history) == [
+            (step, worker * 1000 + step) for step in range(count)
+        ]
+        assert run.info.status == "FINISHED"
