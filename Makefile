@@ -7,13 +7,16 @@ STAMP := .venv/.installed
 TORCH_SPEC ?= torch==2.13.0
 # a study name for `make report STUDY=...`
 STUDY ?= scarce_collapse
+# a sweep in sweeps/ for `make sweep SWEEP=...`, and extra Hydra overrides (ARGS="seed=0")
+SWEEP ?= scarce_collapse
+ARGS ?=
 # the model hub is never needed by the embedded default; this makes that a guarantee
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-gpu demo test test-slow test-gpu bench ui report lint format clean
+.PHONY: help install install-gpu demo test test-slow test-gpu bench ui sweep report lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -49,6 +52,9 @@ bench: $(STAMP)  ## throughput and step-time benchmark (prints, writes bench/res
 
 ui: $(STAMP)  ## open the MLflow UI on the project's store (http://127.0.0.1:5000)
 	.venv/bin/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --host 127.0.0.1 --port 5000
+
+sweep: $(STAMP)  ## run a versioned sweep, one MLflow parent run: make sweep SWEEP=mix_ratio
+	$(PY) -m entropic.run -cd sweeps -cn $(SWEEP) $(ARGS)
 
 report: $(STAMP)  ## build a study report from MLflow: make report STUDY=scarce_collapse
 	$(PY) -m entropic.report $(STUDY)

@@ -246,21 +246,71 @@ class CpuScale:
 
 @dataclass
 class ComputeConfig:
-    # profile name: auto | cpu | single_gpu | multi_gpu | zero2 | zero3
+    # profile name: auto | cpu | single_gpu | multi_gpu | zero2 | zero3 | server_split
     name: str
     # torch device: auto (cuda when available) | cpu | cuda
     device: str = "auto"
-    # processes to launch (accelerate) for multi-GPU profiles
+    # training processes accelerate launches (0: one per GPU left after vllm_gpus)
     num_processes: int = 1
     # accelerate config file for multi-process profiles
     accelerate_config: str | None = None
     # CPU scale-down, applied only when the run lands on CPU (None: never scale)
     cpu_scale: CpuScale | None = None
+    # GPUs kept for the vLLM server (rollout=vllm_server); the training processes get the rest
+    vllm_gpus: int = 0
 
     def __post_init__(self) -> None:
         _one_of(self.device, ("auto", "cpu", "cuda"), "compute.device")
         if isinstance(self.cpu_scale, dict):
             self.cpu_scale = CpuScale(**self.cpu_scale)
+        _require(
+            self.num_processes >= 0,
+            "compute.num_processes",
+            f"{self.num_processes} < 0",
+            "a process count, or 0 for every GPU left after compute.vllm_gpus",
+        )
+        _require(self.vllm_gpus >= 0, "compute.vllm_gpus", "must be >= 0", "e.g. 1")
+
+
+ROLLOUT_BACKENDS = ("hf", "vllm_colocate", "vllm_server")
+
+
+@dataclass
+class RolloutConfig:
+    # who generates the GRPO rollouts: hf (the policy's generate) | vllm_colocate | vllm_server
+    name: str = "hf"
+    # share of each GPU's memory vLLM may take (colocate: shared with training; server: its own)
+    gpu_memory_utilization: float = 0.3
+    # GPUs one vLLM engine spans (colocate: must divide the training processes)
+    tensor_parallel_size: int = 1
+    # colocate: offload vLLM's weights and KV cache during the optimiser step
+    enable_sleep_mode: bool = False
+    # vLLM context window (None: from the model config; prompt + completion must fit)
+    max_model_length: int | None = None
+    # an already running vLLM server, e.g. http://node7:8000 (None: the job starts one)
+    server_url: str | None = None
+    # port of the server the job starts (on 127.0.0.1)
+    server_port: int = 8000
+    # seconds to wait for a server's /health before giving up
+    server_timeout: float = 600.0
+    # port of the NCCL group that pushes trained weights into the server
+    group_port: int = 51216
+
+    def __post_init__(self) -> None:
+        _one_of(self.name, ROLLOUT_BACKENDS, "rollout.name")
+        _require(
+            0.0 < self.gpu_memory_utilization <= 1.0,
+            "rollout.gpu_memory_utilization",
+            f"{self.gpu_memory_utilization} is outside (0, 1]",
+            "a share of GPU memory, e.g. rollout.gpu_memory_utilization=0.3",
+        )
+        _require(
+            self.tensor_parallel_size >= 1,
+            "rollout.tensor_parallel_size",
+            "must be >= 1",
+            "rollout.tensor_parallel_size=1",
+        )
+        _require(self.server_timeout > 0, "rollout.server_timeout", "must be > 0", "e.g. 600")
 
 
 @dataclass
@@ -286,10 +336,14 @@ class RunConfig:
     eval: EvalConfig
     compute: ComputeConfig
     tracking: TrackingConfig
+    # who generates the rollouts (hf, or vLLM on GPUs)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
     # global seed: data subset, labeled subset, sampling, initialisation
     seed: int = 0
     # False: evaluate only (baselines such as the calibration prompt), no GRPO
     train: bool = True
+    # which job entropic.job.JOBS runs: train (the default) or a study
+    job: str = "train"
     # free-form tags recorded on the MLflow run
     tags: dict[str, str] = field(default_factory=dict)
     # where Hydra put this job's outputs
@@ -339,4 +393,5 @@ _SECTION_TYPES: dict[str, type] = {
     "eval": EvalConfig,
     "compute": ComputeConfig,
     "tracking": TrackingConfig,
+    "rollout": RolloutConfig,
 }

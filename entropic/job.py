@@ -11,13 +11,17 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import datasets
 import pandas as pd
+from accelerate import PartialState
 from omegaconf import DictConfig
+from transformers.integrations import is_deepspeed_zero3_enabled
 
-from entropic import models, tracking
+from entropic import models, rollout, tracking
+from entropic.calibration import CalibrationConfig, add_calibrated_target
 from entropic.compute import apply_cpu_scale, resolve_device, train_questions
 from entropic.config import ConfigError, RunConfig
 from entropic.data import QuestionSplits, check_source, load_questions
@@ -26,6 +30,7 @@ from entropic.plots import reliability_diagram
 from entropic.prompting import add_prompts
 from entropic.rewards import TRLReward, get_rule, mark_labeled
 from entropic.semantic import build_clusterer
+from entropic.study import stability_study
 from entropic.training import build_trainer, last_checkpoint
 
 log = logging.getLogger(__name__)
@@ -63,11 +68,10 @@ def prepare(cfg: DictConfig) -> Prepared:
         check_source(config.data.name, **config.data.options)
         device = resolve_device(config.compute)
         config, scaled = apply_cpu_scale(config, device)
+        rollout.check(config, device)
         if rule.needs_target:
-            raise ValueError(
-                f"reward.name={config.reward.name} needs calibrated targets from the entropy -> "
-                "Platt pipeline. Fix: run +experiment=entropy_platt"
-            )
+            # the entropy -> Platt targets are made in train_job; their config is checked now
+            CalibrationConfig.from_hydra(cfg, config)
         clusterer = (
             build_clusterer(config.semantic.method, **config.semantic.options)
             if rule.needs_stability
@@ -90,6 +94,15 @@ def prepare(cfg: DictConfig) -> Prepared:
 
 
 def run(cfg: DictConfig) -> RunResult:
+    """Run the job the config names (`job: train` unless an experiment says otherwise)."""
+    name = cfg.get("job", "train")
+    if name not in JOBS:
+        raise ConfigError(f"job: unknown job {name!r}. Fix: use one of {sorted(JOBS)}")
+    return JOBS[name](cfg)
+
+
+def train_job(cfg: DictConfig) -> RunResult:
+    """Evaluate the base model, train with GRPO (unless `train: false`), evaluate again."""
     started = time.perf_counter()
     prepared = prepare(cfg)
     config, device = prepared.config, prepared.device
@@ -97,6 +110,12 @@ def run(cfg: DictConfig) -> RunResult:
     output_dir.mkdir(parents=True, exist_ok=True)
     run_id_file = output_dir / RUN_ID_FILE
     resume_from = last_checkpoint(str(output_dir)) if run_id_file.exists() else None
+    # Initialised here with the job's device, so a CPU launch gets gloo; GRPOTrainer reuses it.
+    # The timeout is transformers' ddp_timeout: the other ranks wait while rank 0 evaluates.
+    state = PartialState(cpu=device == "cpu", timeout=timedelta(seconds=1800))
+    if not state.is_main_process:
+        train_on_other_rank(prepared, output_dir, resume_from)
+        return RunResult("", {}, {}, str(output_dir), time.perf_counter() - started)
 
     client = tracking.get_client(config.tracking.tracking_uri)
     tags = {
@@ -137,6 +156,10 @@ def run(cfg: DictConfig) -> RunResult:
         before_table, before = evaluate_base(
             prepared, checkpoint, tokenizer, dtype, client, run_id, resumed=bool(resume_from)
         )
+        if get_rule(config.reward.name).needs_target:
+            prepared.train = add_calibrated_target(
+                cfg, prepared, checkpoint, tokenizer, dtype, before_table, client, run_id
+            )
         tables = {"before training": before_table}
         after: dict[str, float] = {}
         if config.train:
@@ -198,8 +221,28 @@ def train(prepared, checkpoint, tokenizer, dtype, client, run_id, resume_from, o
     seconds = time.perf_counter() - train_started
     step = trainer.state.global_step
     timing = {"train_seconds": seconds, "seconds_per_step": seconds / max(step, 1)}
-    tracking.log_metrics(client, run_id, {**timing, "loss": result.training_loss}, step, "time/")
+    if client is not None:
+        metrics = {**timing, "loss": result.training_loss}
+        tracking.log_metrics(client, run_id, metrics, step, "time/")
     return trainer
+
+
+def train_on_other_rank(prepared: Prepared, output_dir: Path, resume_from: str | None) -> None:
+    """Rank > 0 of a multi-process launch: train in step with rank 0, leave MLflow to it.
+
+    Every rank generates its share of the rollouts and calls the reward, whose group stability
+    gathers across ranks. Evaluation is rank 0's, except under ZeRO-3, where the weights are
+    sharded and every rank must take part in rank 0's generation after training.
+    """
+    config = prepared.config
+    if not config.train:
+        return
+    checkpoint = models.resolve_checkpoint(config.model)
+    tokenizer = models.load_tokenizer(checkpoint)
+    dtype = models.torch_dtype(config.model, prepared.device)
+    trainer = train(prepared, checkpoint, tokenizer, dtype, None, None, resume_from, output_dir)
+    if is_deepspeed_zero3_enabled():
+        evaluate(trainer.model, tokenizer, prepared.splits.eval, config.prompt, config.eval)
 
 
 def summary_table(before: dict[str, float], after: dict[str, float]) -> pd.DataFrame:
@@ -219,3 +262,10 @@ def print_summary(config: RunConfig, table: pd.DataFrame, run_id: str, uri: str)
     )
     print(table.to_string(float_format=lambda v: f"{v:+.3f}" if v < 0 else f"{v:.3f}"))
     print(f"MLflow run {run_id} in {uri}  (make ui to browse)")
+
+
+# Every kind of job `python -m entropic.run` can run; experiments choose one with `job: <name>`.
+JOBS: dict[str, Callable[[DictConfig], RunResult]] = {
+    "train": train_job,
+    "stability_study": stability_study,
+}

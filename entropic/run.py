@@ -4,6 +4,7 @@
     python -m entropic.run +experiment=scarce_mixed reward.labeled_fraction=0.25
     python -m entropic.run -m +experiment=scarce_mixed reward.labeled_fraction=0,0.5,1
     python -m entropic.run model=qwen3_4b_instruct data=triviaqa +experiment=abundant_mixed
+    python -m entropic.run +experiment=scarce_mixed model=qwen3_4b_instruct compute=multi_gpu
 
 A rejected config exits with status 2 and a message naming the key and the fix.
 """
@@ -15,6 +16,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from entropic import launch
 from entropic.config import ConfigError
 from entropic.job import run
 
@@ -22,6 +24,10 @@ from entropic.job import run
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     try:
+        if launch.needs_launch(cfg):
+            # Several ranks or a vLLM server: this process starts them and waits (launch.py).
+            launch.launch(cfg)
+            return None
         result = run(cfg)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)

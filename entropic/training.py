@@ -17,6 +17,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from entropic.config import EvalConfig, PromptConfig, RunConfig
 from entropic.evaluate import evaluate
+from entropic.rollout import grpo_kwargs
 from entropic.tracking import MlflowMetricsCallback, log_metrics
 
 
@@ -41,6 +42,8 @@ def build_grpo_config(
         logging_steps=t.logging_steps,
         save_strategy="steps" if t.save_steps > 0 else "no",
         save_steps=max(t.save_steps, 1),
+        # A checkpoint with optimiser state is ~3x the weights; two are enough to resume from.
+        save_total_limit=2,
         # Our MlflowMetricsCallback logs to the job's run; transformers' own would open another.
         report_to="none",
         use_cpu=device == "cpu",
@@ -51,6 +54,8 @@ def build_grpo_config(
         # The reward functions read question_id, answers and labeled from the dataset columns.
         remove_unused_columns=False,
         disable_tqdm=False,
+        # hf generation, or vLLM colocated / as a server (entropic/rollout.py)
+        **grpo_kwargs(cfg.rollout),
     )
 
 
@@ -124,8 +129,13 @@ def build_trainer(
 
 
 def last_checkpoint(output_dir: str) -> str | None:
-    """The newest `checkpoint-N` the Trainer saved under output_dir, if any."""
+    """The newest complete `checkpoint-N` under output_dir, if any.
+
+    The Trainer writes trainer_state.json last, so a checkpoint interrupted mid-save (Ctrl-C,
+    pre-emption) lacks it and is skipped rather than resumed from.
+    """
     checkpoints = sorted(
-        Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])
+        (p for p in Path(output_dir).glob("checkpoint-*") if (p / "trainer_state.json").exists()),
+        key=lambda p: int(p.name.split("-")[-1]),
     )
     return str(checkpoints[-1]) if checkpoints else None

@@ -34,3 +34,45 @@ def embedded_checkpoint() -> str:
     from entropic.models import EMBEDDED_DEFAULT, resolve_checkpoint
 
     return resolve_checkpoint(EMBEDDED_DEFAULT)
+
+
+# The smoke sweep: rl_vs_prompting for one seed (two points: the prompting baseline, which only
+# evaluates, and Run C) on a few questions and two GRPO steps, with a periodic evaluation at step 1.
+SMOKE_SWEEP = [
+    "seed=0",
+    "compute=cpu",
+    "compute.cpu_scale.train_questions=4",
+    "compute.cpu_scale.eval_questions=6",
+    "compute.cpu_scale.per_device_train_batch_size=4",
+    "trainer.max_steps=2",
+    "trainer.max_completion_length=24",
+    "trainer.save_steps=0",
+    "trainer.eval_every_n_steps=1",
+    "eval.periodic_size=3",
+    "eval.max_new_tokens=24",
+]
+
+
+@pytest.fixture(scope="session")
+def smoke_sweep(tmp_path_factory, embedded_checkpoint):
+    """A real sweep through the real CLI into a fresh sqlite store, run once for the session:
+    the sweep tests check its MLflow runs, the report tests build reports from them."""
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    root = Path(__file__).resolve().parents[1]
+    tmp = tmp_path_factory.mktemp("smoke_sweep")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "HF_HUB_OFFLINE": "1"}
+    env.pop("ENTROPIC_PARENT_RUN_ID", None)
+    command = ["-cd", "sweeps", "-cn", "rl_vs_prompting", *SMOKE_SWEEP]
+    done = subprocess.run(
+        [sys.executable, "-m", "entropic.run", *command, f"hydra.sweep.dir={tmp / 'sweep'}"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    return SimpleNamespace(uri=uri, sweep_dir=tmp / "sweep", done=done)

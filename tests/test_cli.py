@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
@@ -66,3 +68,31 @@ def test_rejected_config_exits_nonzero_and_leaves_no_run(tmp_path, mlflow_uri):
     client = MlflowClient(mlflow_uri)
     experiments = client.search_experiments()
     assert all(not client.search_runs([e.experiment_id]) for e in experiments)
+
+
+def test_interrupted_run_is_killed_then_resumes_into_the_same_run(tmp_path, mlflow_uri):
+    """Ctrl-C after the first checkpoint marks the run KILLED; rerunning the same job folder
+    reopens that MLflow run and finishes training from the checkpoint."""
+    args = ["+experiment=scarce_mixed", *SMOKE, "trainer.save_steps=1", "trainer.max_steps=3"]
+    command = [sys.executable, "-m", "entropic.run", *args, f"hydra.run.dir={tmp_path / 'run'}"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, "HF_HUB_OFFLINE": "1"}
+    job = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    checkpoint = tmp_path / "run" / "checkpoint-1" / "trainer_state.json"
+    deadline = time.monotonic() + 600
+    while not checkpoint.exists() and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert checkpoint.exists(), job.stderr.read()[-3000:] if job.poll() is not None else "timeout"
+    job.send_signal(signal.SIGINT)
+    job.wait(timeout=120)
+    client = MlflowClient(mlflow_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("scarce_mixed").experiment_id])
+    assert run.info.status == "KILLED"
+
+    done = cli(args, tmp_path, mlflow_uri)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (resumed,) = client.search_runs([client.get_experiment_by_name("scarce_mixed").experiment_id])
+    assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
+    after = client.get_metric_history(run.info.run_id, "eval/accuracy")
+    assert sorted(m.step for m in after) == [0, 3]  # one base evaluation, one after the last step

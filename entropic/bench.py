@@ -1,0 +1,426 @@
+"""`make bench`: what a GRPO run of the embedded default costs on this machine, and where it goes.
+
+    python -m entropic.bench                                   # default sizes (~5-10 min, 2 cores)
+    python -m entropic.bench --steps 2 --uncertainty-questions 8   # quicker
+    python -m entropic.bench model=qwen3_4b_instruct           # trailing args: conf/ overrides
+
+A benchmark, not a test: it measures and writes `bench/results/bench-<time>.json` and `.md`
+(git-ignored), with the CPU model, core count, load average and library versions, since numbers on
+a shared 2-core box move with whatever else runs. Four sections:
+
+1. Rollout throughput: the same chat prompts, sampled as GRPO samples them (temperature 1, no
+   top-k/top-p), each completion exactly `--max-new-tokens` long (EOS ignored) so every backend
+   does the same work: transformers in fp32 and bf16, and vLLM where it is installed and a GPU is
+   present. Tokens/s and the ratio to transformers fp32.
+2. GRPO step time in fp32 and bf16 (the job's trainer, at the compute profile's sizes), split with
+   TRL's own profiling timers (`trl.extras.profiling`, logged to an MLflow run when `report_to`
+   names mlflow): generation (`transformers.generate`), reward (`_calculate_rewards`), the rest of
+   `_prepare_inputs` (tokenising, old/reference log-probabilities) and optimisation (the step minus
+   `_prepare_inputs`: loss, backward, optimiser). The first step is a warm-up and not averaged.
+3. Reward overhead: each reward (and clusterer) on one step's worth of sampled completions, as a
+   share of the fp32 step.
+4. Test-time cost of uncertainty: the model's single greedy answer with its stated confidence
+   versus K sampled answers and their semantic entropy, per question: wall time and AUROC for
+   predicting that the greedy answer is right.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from hydra import compose, initialize_config_dir
+from transformers import TrainerCallback
+
+from entropic import models
+from entropic.config import EvalConfig, RewardConfig
+from entropic.evaluate import evaluate, tokenize_chats
+from entropic.job import Prepared, prepare
+from entropic.metrics import auroc
+from entropic.prompting import add_prompts, build_messages
+from entropic.rewards import TRLReward
+from entropic.sampling import sample_answers, score_questions
+from entropic.semantic import build_clusterer
+from entropic.training import build_trainer
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# TRL's profiling metric names: "profiling/Time taken: GRPOTrainer.<block>"
+PROFILE_PREFIX = "profiling/Time taken: GRPOTrainer."
+# (reward name, clusterer) pairs timed in the reward-overhead section
+REWARD_CASES = [
+    ("brier", "exact"),
+    ("stability", "exact"),
+    ("mixed", "exact"),
+    ("stability", "embedding"),
+    ("mixed", "embedding"),
+]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rollout-prompts", type=int, default=16, help="prompts per rollout batch")
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens per completion")
+    parser.add_argument("--steps", type=int, default=3, help="GRPO steps per dtype (1st: warm-up)")
+    parser.add_argument("--uncertainty-questions", type=int, default=24, help="held-out questions")
+    parser.add_argument("--k", type=int, default=8, help="samples per question for entropy")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
+    parser.add_argument("overrides", nargs="*", help="conf/ overrides, e.g. model=tiny_random")
+    return parser.parse_args(argv)
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "load_average_1m": os.getloadavg()[0],
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch_threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+    for package in ("torch", "transformers", "trl", "vllm"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            info[package] = importlib.metadata.version(package)
+    return info
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. Rollout throughput
+# ------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def hf_throughput(checkpoint, tokenizer, prompts, dtype, device, max_new_tokens) -> float:
+    """Sampled tokens per second of transformers' generate, fixed-length completions."""
+    model = models.load_model(checkpoint, dtype, device).eval()
+    batch = tokenize_chats(tokenizer, prompts, model.device)
+    settings = {
+        "do_sample": True,
+        "temperature": 1.0,
+        "top_k": 0,
+        "top_p": 1.0,
+        "min_new_tokens": max_new_tokens,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    model.generate(**batch, max_new_tokens=2, **{**settings, "min_new_tokens": 2})  # warm-up
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    model.generate(**batch, max_new_tokens=max_new_tokens, **settings)
+    return len(prompts) * max_new_tokens / (time.perf_counter() - started)
+
+
+def vllm_throughput(checkpoint, tokenizer, prompts, max_new_tokens) -> float:
+    """The same prompts and sampling through vLLM's offline engine (GPU only)."""
+    from vllm import LLM, SamplingParams
+
+    texts = [
+        tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
+        for p in prompts
+    ]
+    llm = LLM(model=checkpoint, gpu_memory_utilization=0.3, seed=0)
+    params = SamplingParams(temperature=1.0, top_p=1.0, max_tokens=max_new_tokens, ignore_eos=True)
+    llm.generate(texts[:1], SamplingParams(max_tokens=2))  # warm-up
+    started = time.perf_counter()
+    llm.generate(texts, params)
+    return len(prompts) * max_new_tokens / (time.perf_counter() - started)
+
+
+def rollout_section(prepared: Prepared, checkpoint, tokenizer, args) -> list[dict[str, Any]]:
+    questions = prepared.train["question"][: args.rollout_prompts]
+    prompts = [build_messages(q, prepared.config.prompt) for q in questions]
+    rows = []
+    for name, dtype in DTYPES.items():
+        tps = hf_throughput(
+            checkpoint, tokenizer, prompts, dtype, prepared.device, args.max_new_tokens
+        )
+        rows.append({"backend": f"transformers {name}", "tokens_per_s": tps})
+    if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available():
+        tps = vllm_throughput(checkpoint, tokenizer, prompts, args.max_new_tokens)
+        rows.append({"backend": "vLLM", "tokens_per_s": tps})
+    else:
+        rows.append({"backend": "vLLM", "tokens_per_s": None, "note": "needs vLLM and a GPU"})
+    base = rows[0]["tokens_per_s"]
+    for row in rows:
+        row["vs_fp32"] = row["tokens_per_s"] / base if row["tokens_per_s"] else None
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. GRPO step time
+# ------------------------------------------------------------------------------------------------
+
+
+class StepTimer(TrainerCallback):
+    """Wall time of every optimisation step."""
+
+    def __init__(self):
+        self.seconds: list[float] = []
+        self._started = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.seconds.append(time.perf_counter() - self._started)
+
+
+def grpo_step(prepared: Prepared, checkpoint, tokenizer, dtype, steps: int, workdir: Path):
+    """Step and per-block times (seconds, mean over steps after the first) of real GRPO steps."""
+    config = replace(prepared.config, trainer=replace(prepared.config.trainer, max_steps=steps))
+    reward = TRLReward(config.reward, config.trainer.num_generations, prepared.clusterer)
+    trainer = build_trainer(
+        config,
+        checkpoint,
+        tokenizer,
+        add_prompts(prepared.train, config.prompt),
+        [reward],
+        str(workdir),
+        prepared.device,
+        dtype,
+        client=None,
+        run_id=None,
+    )
+    timer = StepTimer()
+    trainer.add_callback(timer)
+    # TRL's profiling timers report to the backends in args.report_to; mlflow logs them to the
+    # active fluent run. Set after construction, so transformers adds no MLflowCallback of its own.
+    trainer.args.report_to = ["mlflow"]
+    with mlflow.start_run() as run:
+        trainer.train()
+    client = mlflow.MlflowClient()
+    blocks: dict[str, dict[int, float]] = defaultdict(lambda: defaultdict(float))
+    for key in client.get_run(run.info.run_id).data.metrics:
+        if key.startswith(PROFILE_PREFIX):
+            for metric in client.get_metric_history(run.info.run_id, key):
+                blocks[key.removeprefix(PROFILE_PREFIX)][metric.step] += metric.value
+    measured = slice(1, None) if steps > 1 else slice(None)
+
+    def mean(values: list[float]) -> float:
+        return statistics.fmean(values[measured])
+
+    step = mean(timer.seconds)
+    block = {
+        name: mean([per_step[s] for s in sorted(per_step)]) for name, per_step in blocks.items()
+    }
+    prepare_inputs = block.get("_prepare_inputs", 0.0)
+    generation = block.get("transformers.generate", 0.0)
+    rewards = block.get("_calculate_rewards", 0.0)
+    return {
+        "step_s": step,
+        "generation_s": generation,
+        "reward_s": rewards,
+        "other_scoring_s": prepare_inputs - generation - rewards,
+        "optimisation_s": step - prepare_inputs,
+        "completions_per_step": config.trainer.per_device_train_batch_size,
+        "trl_profiling_s": dict(block),
+    }
+
+
+def grpo_section(prepared: Prepared, checkpoint, tokenizer, args) -> list[dict[str, Any]]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.set_tracking_uri(f"sqlite:///{tmp}/profiling.db")
+        mlflow.set_experiment("bench")
+        for name, dtype in DTYPES.items():
+            timing = grpo_step(prepared, checkpoint, tokenizer, dtype, args.steps, Path(tmp) / name)
+            rows.append({"dtype": name, **timing})
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. Reward overhead, 4. test-time uncertainty
+# ------------------------------------------------------------------------------------------------
+
+
+def reward_section(samples: pd.DataFrame, prepared: Prepared, step_s: float) -> list[dict]:
+    """Each reward on one step's worth of completions (as many groups of G as a step holds)."""
+    g = prepared.config.trainer.num_generations
+    groups = prepared.config.trainer.per_device_train_batch_size // g
+    batch = samples[samples["sample"] < g].groupby("question_id", sort=False).head(g)
+    batch = batch[batch["question_id"].isin(batch["question_id"].unique()[:groups])]
+    eval_questions = prepared.splits.eval
+    answers = dict(zip(eval_questions["question_id"], eval_questions["answers"], strict=True))
+    inputs = {
+        "prompts": [""] * len(batch),
+        "completions": batch["completion"].tolist(),
+        "answers": [answers[q] for q in batch["question_id"]],
+        "question_id": batch["question_id"].tolist(),
+        "labeled": [i % 2 == 0 for i in range(len(batch))],
+    }
+    rows = []
+    for reward_name, method in REWARD_CASES:
+        cfg = RewardConfig(name=reward_name, labeled_fraction=0.5)
+        reward = TRLReward(cfg, g, build_clusterer(method) if reward_name != "brier" else None)
+        reward(**inputs)  # warm-up: loads the sentence encoder once
+        seconds = []
+        for _ in range(5):
+            started = time.perf_counter()
+            reward(**inputs)
+            seconds.append(time.perf_counter() - started)
+        median = statistics.median(seconds)
+        rows.append(
+            {
+                "reward": reward_name,
+                "clusterer": method if reward_name != "brier" else "-",
+                "completions": len(batch),
+                "seconds": median,
+                "share_of_step": median / step_s,
+            }
+        )
+    return rows
+
+
+def uncertainty_section(prepared: Prepared, checkpoint, tokenizer, args):
+    """Greedy answer + stated confidence vs K samples + semantic entropy, same questions."""
+    config = prepared.config
+    questions = prepared.splits.eval.select(range(args.uncertainty_questions))
+    model = models.load_model(checkpoint, torch.float32, prepared.device)
+    eval_cfg = EvalConfig(batch_size=32, max_new_tokens=args.max_new_tokens)
+    started = time.perf_counter()
+    greedy, metrics = evaluate(model, tokenizer, questions, config.prompt, eval_cfg)
+    greedy_s = time.perf_counter() - started
+    started = time.perf_counter()
+    samples = sample_answers(
+        model,
+        tokenizer,
+        questions,
+        config.prompt,
+        k=args.k,
+        temperature=1.0,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=max(1, 32 // args.k),
+        seed=config.seed,
+    )
+    scores = score_questions(samples, build_clusterer("exact"))
+    sampled_s = time.perf_counter() - started
+    correct = greedy.set_index("question_id")["correct"].loc[scores["question_id"]].to_numpy(int)
+
+    def certainty(entropy: pd.Series) -> np.ndarray:
+        # 1 - H / log K maps the entropy onto [0, 1] (0: K distinct answers), as AUROC expects
+        return 1.0 - entropy.to_numpy(float) / np.log(args.k)
+
+    n = len(questions)
+    rows = [
+        {
+            "method": "greedy answer + stated confidence",
+            "s_per_question": greedy_s / n,
+            "auroc": metrics["auroc"],
+            "note": f"confidence parsed on {metrics['format_rate']:.0%}",
+        },
+        {
+            "method": f"K={args.k} samples, semantic entropy (exact)",
+            "s_per_question": sampled_s / n,
+            "auroc": auroc(certainty(scores["semantic_entropy"]), correct),
+            "note": "1 - entropy / log K scores the greedy answer",
+        },
+        {
+            "method": f"K={args.k} samples, embedding entropy",
+            "s_per_question": sampled_s / n,
+            "auroc": auroc(certainty(scores["embedding_entropy"]), correct),
+            "note": "same samples",
+        },
+    ]
+    return rows, samples, {"questions": n, "greedy_accuracy": float(np.mean(correct))}
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores"
+        + (f", {m['gpu']}" if m.get("gpu") else ", no GPU")
+        + f"; torch {m.get('torch')}, transformers {m.get('transformers')}, trl {m.get('trl')}; "
+        f"load average {m['load_average_1m']:.1f} at start; {m['date']}; "
+        f"{results['seconds']:.0f} s in all.",
+        "",
+        f"Rollout throughput ({results['settings']})",
+        "",
+        _table(results["rollout"], ["backend", "tokens_per_s", "vs_fp32"]),
+        "",
+        "GRPO step, seconds (mean of the steps after a warm-up step)",
+        "",
+        _table(
+            results["grpo_step"],
+            ["dtype", "step_s", "generation_s", "reward_s", "other_scoring_s", "optimisation_s"],
+        ),
+        "",
+        "Reward overhead (one step's completions, share of the fp32 step)",
+        "",
+        _table(results["reward_overhead"], ["reward", "clusterer", "seconds", "share_of_step"]),
+        "",
+        f"Test-time uncertainty ({results['uncertainty_summary']})",
+        "",
+        _table(results["uncertainty"], ["method", "s_per_question", "auroc", "note"]),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    frame = pd.DataFrame(rows).reindex(columns=columns)
+    return frame.to_markdown(index=False, floatfmt=".3g")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[*args.overrides, "output_dir=bench"])
+    prepared = prepare(cfg)
+    checkpoint = models.resolve_checkpoint(prepared.config.model)
+    tokenizer = models.load_tokenizer(checkpoint)
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "settings": (
+            f"{args.rollout_prompts} prompts x {args.max_new_tokens} tokens, "
+            f"{prepared.config.model.name} on {prepared.device}"
+        ),
+    }
+    print(f"bench: {results['machine']}")
+    results["rollout"] = rollout_section(prepared, checkpoint, tokenizer, args)
+    results["grpo_step"] = grpo_section(prepared, checkpoint, tokenizer, args)
+    rows, samples, summary = uncertainty_section(prepared, checkpoint, tokenizer, args)
+    results["uncertainty"] = rows
+    results["uncertainty_summary"] = (
+        f"{summary['questions']} held-out questions, greedy accuracy "
+        f"{summary['greedy_accuracy']:.2f}"
+    )
+    fp32_step = results["grpo_step"][0]["step_s"]
+    results["reward_overhead"] = reward_section(samples, prepared, fp32_step)
+    results["seconds"] = time.perf_counter() - started
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=2, default=str))
+    report = markdown(results)
+    stem.with_suffix(".md").write_text(report)
+    print(report)
+    print(f"Wrote {stem}.json and {stem}.md")
+    return results
+
+
+if __name__ == "__main__":
+    main()
