@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -373,6 +374,16 @@ def moved_most(before: pd.DataFrame, after: pd.DataFrame, k: int) -> pd.DataFram
     )
 
 
+def load_predictions(client: MlflowClient, run_id: str, path: str) -> pd.DataFrame:
+    """A prediction table the job logged with `client.log_table` (JSON in pandas' "split" layout).
+
+    Read through this client: `MlflowClient.load_table` finds runs through the global tracking
+    URI, which need not be this client's store.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        return pd.read_json(client.download_artifacts(run_id, path, tmp), orient="split")
+
+
 def cell(text: str) -> str:
     """Text that cannot break a markdown table row."""
     return str(text).replace("|", "/").replace("\n", " ")
@@ -392,10 +403,8 @@ def traces_section(sweep: SweepRuns, groups: dict[str, pd.DataFrame]) -> str:
         if trained.empty:
             continue
         run_id = trained.index[0]
-        experiment_id = sweep.client.get_run(run_id).info.experiment_id
         tables = {
-            when: sweep.client.load_table(experiment_id, path, run_ids=[run_id])
-            for when, path in PREDICTIONS.items()
+            when: load_predictions(sweep.client, run_id, path) for when, path in PREDICTIONS.items()
         }
         moved = moved_most(tables["before"], tables["after"], TRACES_PER_CONDITION)
         lines += [

@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from entropic import tracking
 from entropic.report import STUDIES, ReportError, main, moved_most, percent, write_report
 
 
@@ -116,7 +115,8 @@ ROWS = [
 def reports(smoke_sweep, smoke_runs, tmp_path_factory):
     """Every study's report from the smoke sweep: rl_vs_prompting finds its sweep on its own (the
     newest parent run of its experiment); the others are pointed at it."""
-    client = tracking.get_client(smoke_sweep.uri)
+    # a plain client: the report must read its own store, whatever the global tracking URI is
+    client = MlflowClient(smoke_sweep.uri)
     out = tmp_path_factory.mktemp("reports")
     return {
         study: (
