@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import tempfile
 from collections.abc import Callable
@@ -52,6 +53,11 @@ TABLE_METRICS = {
 SIGNED = {"calibration_gap", "reduction"}
 # The training curves: one panel each.
 CURVE_METRICS = ("accuracy", "calibration_gap")
+# The values each metric can take. An interval across seeds is cut to them: a Student-t interval
+# from two or three seeds easily runs past 0% or 100%, which no run can reach.
+BOUNDS = {**{metric: (0.0, 1.0) for metric in METRIC_NAMES}, "calibration_gap": (-1.0, 1.0)}
+# A difference of two rates (the paired B - A, C - B accuracies).
+DIFFERENCE_BOUNDS = (-1.0, 1.0)
 # Questions shown per condition in the traces.
 TRACES_PER_CONDITION = 5
 # The prediction tables every training run logs (entropic.job).
@@ -171,12 +177,16 @@ def stage(runs: pd.DataFrame, when: str) -> pd.DataFrame:
     return runs[[f"{when}/{m}" for m in METRIC_NAMES]].set_axis(list(METRIC_NAMES), axis=1)
 
 
-def interval(values: pd.Series) -> tuple[float, float, float]:
-    """Mean and 95% interval across seeds; NaN when no run has the value."""
+def interval(
+    values: pd.Series, bounds: tuple[float, float] = (-math.inf, math.inf)
+) -> tuple[float, float, float]:
+    """Mean and 95% interval across seeds, the interval cut to `bounds` (the values the metric can
+    take); NaN when no run has the value."""
     values = values.dropna()
     if values.empty:
         return math.nan, math.nan, math.nan
-    return mean_ci(values.to_numpy(float))
+    mean, low, high = mean_ci(values.to_numpy(float))
+    return mean, max(low, bounds[0]), min(high, bounds[1])
 
 
 def summarize(groups: dict[str, pd.DataFrame], metrics) -> pd.DataFrame:
@@ -186,7 +196,7 @@ def summarize(groups: dict[str, pd.DataFrame], metrics) -> pd.DataFrame:
         row = {"seeds": len(values)}
         for metric in metrics:
             row[f"{metric}_mean"], row[f"{metric}_low"], row[f"{metric}_high"] = interval(
-                values[metric]
+                values[metric], BOUNDS.get(metric, (-math.inf, math.inf))
             )
         rows[label] = row
     return pd.DataFrame.from_dict(rows, orient="index")
@@ -321,7 +331,7 @@ def curves_figure(sweep: SweepRuns, groups: dict[str, pd.DataFrame]) -> plt.Figu
     for ax, metric in zip(axes, CURVE_METRICS, strict=True):
         for label, runs in trained.items():
             per_seed = pd.concat([sweep.histories[r][metric] for r in runs.index], axis=1).dropna()
-            bands = [interval(per_seed.loc[step]) for step in per_seed.index]
+            bands = [interval(per_seed.loc[step], BOUNDS[metric]) for step in per_seed.index]
             mean, low, high = (100 * np.array(column) for column in zip(*bands, strict=True))
             ax.plot(per_seed.index, mean, marker="o", ms=3, label=label)
             ax.fill_between(per_seed.index, low, high, alpha=0.2)
@@ -536,7 +546,7 @@ def scarce_collapse(sweep: SweepRuns) -> Report:
         if first in groups and second in groups:
             diff = paired_difference(groups[first], groups[second], "accuracy")
             if not diff.empty:
-                ours = percent(*interval(diff), signed=True)
+                ours = percent(*interval(diff, DIFFERENCE_BOUNDS), signed=True)
                 lines.append(
                     f"- {meaning}, paired by seed ({len(diff)} seeds): {ours} "
                     f"(reference {percent(reference, signed=True)})"
@@ -668,7 +678,8 @@ def markdown(report: Report, sweep: SweepRuns, study: str) -> str:
             f"Study `{study}`, built by `python -m entropic.report {study}` from the sweep "
             f"`{parent.info.run_name}` (parent run `{sweep.parent_run_id}`, "
             f"{len(sweep.runs)} finished runs) in `{sweep.client.tracking_uri}`.{skipped} "
-            "Ours: mean over seeds with a 95% interval where there is more than one seed.",
+            "Ours: mean over seeds with a 95% Student-t interval, cut to the values the metric can "
+            "take, where there is more than one seed.",
             report.shown.to_markdown(),
             *report.sections,
         ]
@@ -714,6 +725,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, help="default: experiments/<study>/output")
     parser.add_argument("--list", action="store_true", help="list the studies")
     args = parser.parse_args(argv)
+    # A report downloads two prediction tables per run: one progress bar each would bury the table.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if args.list or not args.study:
         print("\n".join(f"{name}: sweeps/{s.sweep}.yaml" for name, s in STUDIES.items()))
         return 0

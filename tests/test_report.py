@@ -8,7 +8,16 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from entropic.report import STUDIES, ReportError, main, moved_most, percent, write_report
+from entropic.report import (
+    BOUNDS,
+    STUDIES,
+    ReportError,
+    interval,
+    main,
+    moved_most,
+    percent,
+    write_report,
+)
 
 
 @pytest.mark.parametrize(
@@ -23,6 +32,25 @@ from entropic.report import STUDIES, ReportError, main, moved_most, percent, wri
 )
 def test_percent(args, expected):
     assert percent(*args) == expected
+
+
+@pytest.mark.parametrize(
+    ("values", "metric", "expected"),
+    [
+        # two seeds: mean 0.2, standard error 0.1, t(0.975, df=1) = 12.706; the interval
+        # 0.2 -/+ 1.2706 = [-1.0706, 1.4706] is cut to the accuracy's [0, 1]
+        ([0.1, 0.3], "accuracy", (0.2, 0.0, 1.0)),
+        # a gap can be negative: cut to [-1, 1] only
+        ([0.1, 0.3], "calibration_gap", (0.2, -1.0, 1.0)),
+        # three seeds 0.40, 0.45, 0.50: standard error 0.0288675, t(0.975, df=2) = 4.302653;
+        # half-width 0.124207, inside [0, 1], so nothing is cut
+        ([0.40, 0.45, 0.50], "accuracy", (0.45, 0.325793, 0.574207)),
+        ([0.3, math.nan], "accuracy", (0.3, 0.3, 0.3)),  # a run without the value is left out
+    ],
+)
+def test_interval_is_cut_to_the_values_the_metric_can_take(values, metric, expected):
+    got = interval(pd.Series(values), BOUNDS[metric])
+    assert got == pytest.approx(expected, abs=1e-6)
 
 
 def predictions(rows):
