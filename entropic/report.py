@@ -190,7 +190,8 @@ def interval(
 
 
 def summarize(groups: dict[str, pd.DataFrame], metrics) -> pd.DataFrame:
-    """One row per condition: <metric>_mean/_low/_high over its runs, and how many runs."""
+    """One row per condition: <metric>_mean/_low/_high over its runs, <metric>_runs (each run's
+    value, for the figures), and how many runs."""
     rows = {}
     for label, values in groups.items():
         row = {"seeds": len(values)}
@@ -198,6 +199,7 @@ def summarize(groups: dict[str, pd.DataFrame], metrics) -> pd.DataFrame:
             row[f"{metric}_mean"], row[f"{metric}_low"], row[f"{metric}_high"] = interval(
                 values[metric], BOUNDS.get(metric, (-math.inf, math.inf))
             )
+            row[f"{metric}_runs"] = values[metric].dropna().tolist()
         rows[label] = row
     return pd.DataFrame.from_dict(rows, orient="index")
 
@@ -273,6 +275,22 @@ def paired_difference(first: pd.DataFrame, second: pd.DataFrame, metric: str) ->
 # --- figures ---------------------------------------------------------------------------------
 
 
+def each_run(ax: plt.Axes, numbers: pd.DataFrame, metric: str, x) -> None:
+    """Each run's value as a small dot beside its condition's mean: with two or three seeds the
+    points say more than an interval."""
+    if f"{metric}_runs" not in numbers:
+        return
+    for position, values in zip(x, numbers[f"{metric}_runs"], strict=True):
+        if values:
+            ax.scatter(
+                [position] * len(values), 100 * np.asarray(values, float), s=14,
+                color="tab:orange", edgecolor="black", linewidth=0.5, zorder=3,
+            )  # fmt: skip
+    ax.scatter(
+        [], [], s=14, color="tab:orange", edgecolor="black", linewidth=0.5, label="each seed"
+    )
+
+
 def bar_figure(numbers: pd.DataFrame, metrics: dict[str, str], title: str) -> plt.Figure:
     """One panel per metric: our means with 95% intervals, the reference as black diamonds."""
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics), 4), squeeze=False)
@@ -283,6 +301,7 @@ def bar_figure(numbers: pd.DataFrame, metrics: dict[str, str], title: str) -> pl
         high = 100 * numbers[f"{metric}_high"].to_numpy(float)
         error = np.nan_to_num(np.vstack([mean - low, high - mean]))
         ax.bar(x, mean, yerr=error, capsize=4, color="tab:blue", alpha=0.8, label="ours, 95% CI")
+        each_run(ax, numbers, metric, x)
         if f"ref_{metric}" in numbers:
             ax.scatter(
                 x, 100 * numbers[f"ref_{metric}"], marker="D", color="black", label="reference"
@@ -306,6 +325,7 @@ def share_figure(numbers: pd.DataFrame, metrics: dict[str, str], x: list[float],
         high = 100 * numbers[f"{metric}_high"].to_numpy(float)
         error = np.nan_to_num(np.vstack([mean - low, high - mean]))
         ax.errorbar(x, mean, yerr=error, marker="o", capsize=4, label="ours, 95% CI")
+        each_run(ax, numbers, metric, x)
         if f"ref_{metric}" in numbers:
             ax.scatter(
                 x, 100 * numbers[f"ref_{metric}"], marker="D", color="black", label="reference"

@@ -166,6 +166,8 @@ def test_report_numbers_are_the_runs_metrics(reports, smoke_runs, study, row, so
     expected = smoke_runs[source]
     for metric in ("accuracy", "calibration_gap"):
         assert report.table.loc[row, f"{metric}_mean"] == pytest.approx(expected[metric])
+        # the figures' per-seed dots: the one run's own value
+        assert report.table.loc[row, f"{metric}_runs"] == pytest.approx([expected[metric]])
     assert report.table.loc[row, "seeds"] == 1
 
 
