@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +70,7 @@ def test_rejected_config_exits_nonzero_and_leaves_no_run(tmp_path, mlflow_uri):
     assert all(not client.search_runs([e.experiment_id]) for e in experiments)
 
 
-@pytest.mark.slow  # three GRPO steps, a 1.6 GB checkpoint and a restart: ~2 min idle
+# three GRPO steps, a 1.6 GB checkpoint and a restart: 96 s on two idle cores
 def test_interrupted_run_is_killed_then_resumes_into_the_same_run(tmp_path, mlflow_uri):
     """Ctrl-C after the first checkpoint marks the run KILLED; rerunning the same job folder
     reopens that MLflow run and finishes training from the checkpoint."""
