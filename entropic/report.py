@@ -58,6 +58,8 @@ CURVE_METRICS = ("accuracy", "calibration_gap")
 BOUNDS = {**{metric: (0.0, 1.0) for metric in METRIC_NAMES}, "calibration_gap": (-1.0, 1.0)}
 # A difference of two rates (the paired B - A, C - B accuracies).
 DIFFERENCE_BOUNDS = (-1.0, 1.0)
+# A value with no natural range (a relative reduction).
+UNBOUNDED = (-math.inf, math.inf)
 # Questions shown per condition in the traces.
 TRACES_PER_CONDITION = 5
 # The prediction tables every training run logs (entropic.job).
@@ -178,7 +180,7 @@ def stage(runs: pd.DataFrame, when: str) -> pd.DataFrame:
 
 
 def interval(
-    values: pd.Series, bounds: tuple[float, float] = (-math.inf, math.inf)
+    values: pd.Series, bounds: tuple[float, float] = UNBOUNDED
 ) -> tuple[float, float, float]:
     """Mean and 95% interval across seeds, the interval cut to `bounds` (the values the metric can
     take); NaN when no run has the value."""
@@ -197,7 +199,7 @@ def summarize(groups: dict[str, pd.DataFrame], metrics) -> pd.DataFrame:
         row = {"seeds": len(values)}
         for metric in metrics:
             row[f"{metric}_mean"], row[f"{metric}_low"], row[f"{metric}_high"] = interval(
-                values[metric], BOUNDS.get(metric, (-math.inf, math.inf))
+                values[metric], BOUNDS.get(metric, UNBOUNDED)
             )
             row[f"{metric}_runs"] = values[metric].dropna().tolist()
         rows[label] = row
@@ -291,24 +293,35 @@ def each_run(ax: plt.Axes, numbers: pd.DataFrame, metric: str, x) -> None:
     )
 
 
+def ours_and_reference(
+    ax: plt.Axes, numbers: pd.DataFrame, metric: str, heading: str, x, draw: Callable
+) -> None:
+    """One panel of a summary figure: `draw(ax, x, mean, error)` plots our means with their 95%
+    intervals (bars, or points on a line); each run's value, the reference as black diamonds and
+    the zero line go on top."""
+    mean = 100 * numbers[f"{metric}_mean"].to_numpy(float)
+    low = 100 * numbers[f"{metric}_low"].to_numpy(float)
+    high = 100 * numbers[f"{metric}_high"].to_numpy(float)
+    draw(ax, x, mean, np.nan_to_num(np.vstack([mean - low, high - mean])))
+    each_run(ax, numbers, metric, x)
+    if f"ref_{metric}" in numbers:
+        ax.scatter(x, 100 * numbers[f"ref_{metric}"], marker="D", color="black", label="reference")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_ylabel(f"{heading} (%)")
+
+
 def bar_figure(numbers: pd.DataFrame, metrics: dict[str, str], title: str) -> plt.Figure:
     """One panel per metric: our means with 95% intervals, the reference as black diamonds."""
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics), 4), squeeze=False)
     x = np.arange(len(numbers))
     for ax, (metric, heading) in zip(axes[0], metrics.items(), strict=True):
-        mean = 100 * numbers[f"{metric}_mean"].to_numpy(float)
-        low = 100 * numbers[f"{metric}_low"].to_numpy(float)
-        high = 100 * numbers[f"{metric}_high"].to_numpy(float)
-        error = np.nan_to_num(np.vstack([mean - low, high - mean]))
-        ax.bar(x, mean, yerr=error, capsize=4, color="tab:blue", alpha=0.8, label="ours, 95% CI")
-        each_run(ax, numbers, metric, x)
-        if f"ref_{metric}" in numbers:
-            ax.scatter(
-                x, 100 * numbers[f"ref_{metric}"], marker="D", color="black", label="reference"
-            )
-        ax.axhline(0, color="grey", lw=0.8)
+        ours_and_reference(
+            ax, numbers, metric, heading, x,
+            lambda axis, at, mean, error: axis.bar(
+                at, mean, yerr=error, capsize=4, color="tab:blue", alpha=0.8, label="ours, 95% CI"
+            ),
+        )  # fmt: skip
         ax.set_xticks(x, list(numbers.index), fontsize=8)
-        ax.set_ylabel(f"{heading} (%)")
     axes[0][0].legend(fontsize=8)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
@@ -320,21 +333,15 @@ def share_figure(numbers: pd.DataFrame, metrics: dict[str, str], x: list[float],
     reference."""
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics), 4), squeeze=False)
     for ax, (metric, heading) in zip(axes[0], metrics.items(), strict=True):
-        mean = 100 * numbers[f"{metric}_mean"].to_numpy(float)
-        low = 100 * numbers[f"{metric}_low"].to_numpy(float)
-        high = 100 * numbers[f"{metric}_high"].to_numpy(float)
-        error = np.nan_to_num(np.vstack([mean - low, high - mean]))
-        ax.errorbar(x, mean, yerr=error, marker="o", capsize=4, label="ours, 95% CI")
-        each_run(ax, numbers, metric, x)
-        if f"ref_{metric}" in numbers:
-            ax.scatter(
-                x, 100 * numbers[f"ref_{metric}"], marker="D", color="black", label="reference"
-            )
-        ax.axhline(0, color="grey", lw=0.8)
+        ours_and_reference(
+            ax, numbers, metric, heading, x,
+            lambda axis, at, mean, error: axis.errorbar(
+                at, mean, yerr=error, marker="o", capsize=4, label="ours, 95% CI"
+            ),
+        )  # fmt: skip
         ax.set_xlim(-0.05, 1.05)
         ax.set_xticks(np.linspace(0, 1, 5))
         ax.set_xlabel(xlabel)
-        ax.set_ylabel(f"{heading} (%)")
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     return fig
