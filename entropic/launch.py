@@ -237,7 +237,8 @@ def launch(cfg: DictConfig) -> None:
                 models.resolve_checkpoint(config.model),
                 config.rollout,
                 tensor_parallel_size=len(split.server),
-                dtype=config.model.dtype,
+                # the trainer's dtype, so the weights it pushes need no conversion
+                dtype=models.dtype_name(config.model, "cuda"),
                 port=port,
             )
             log.info("Starting the vLLM server on GPU(s) %s: %s", split.server, shlex.join(command))

@@ -9,7 +9,9 @@ materialised once as a normal `save_pretrained` directory and handed on as that 
   `$ENTROPIC_CACHE/models/<name>` (default `~/.cache/entropic`). Later loads take about a second.
 - `hub`: a hub id such as Qwen/Qwen3-4B-Instruct-2507, for users with a network.
 - `path`: a local checkpoint of the user's own.
-- `tiny_random`: a 2-layer Llama with the real tokenizer, for fast trainer tests.
+- `random`: a randomly initialised Llama with the real tokenizer, built locally: `shape=tiny`
+  (2 layers, for fast trainer tests) or `shape=smollm2_135m` (SmolLM2-135M's architecture, for
+  speed and memory checks on a GPU machine that cannot install the GGUF package).
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def resolve_checkpoint(cfg: ModelConfig) -> str:
     target = cache_dir() / "models" / cfg.name
     if (target / "config.json").is_file():
         return str(target)
-    builder = _convert_gguf if cfg.source == "gguf_package" else _build_tiny_random
+    builder = _convert_gguf if cfg.source == "gguf_package" else _build_random
     # Build in a temporary sibling and rename, so parallel sweep jobs never see half a checkpoint.
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{cfg.name}-", dir=target.parent))
@@ -88,23 +90,42 @@ def _convert_gguf(cfg: ModelConfig, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-def _build_tiny_random(cfg: ModelConfig, out: Path) -> None:
+# Llama architectures a source=random model takes (config.RANDOM_SHAPES names them).
+RANDOM_SHAPES: dict[str, dict[str, int | float]] = {
+    "tiny": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 2048,
+    },
+    # as in SmolLM2-135M-Instruct's config.json
+    "smollm2_135m": {
+        "hidden_size": 576,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 30,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+        "max_position_embeddings": 8192,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 100000.0,
+    },
+}
+
+
+def _build_random(cfg: ModelConfig, out: Path) -> None:
     if cfg.tokenizer:
         tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer)
     else:
         tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(EMBEDDED_DEFAULT))
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        **RANDOM_SHAPES[cfg.shape],
     )
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(out)
@@ -126,10 +147,15 @@ def load_tokenizer(checkpoint: str):
     return tokenizer
 
 
-def torch_dtype(cfg: ModelConfig, device: str) -> torch.dtype | str:
+def dtype_name(cfg: ModelConfig, device: str) -> str:
+    """model.dtype with `auto` resolved: bfloat16 on CUDA, float32 elsewhere."""
     if cfg.dtype == "auto":
-        return torch.bfloat16 if device == "cuda" else torch.float32
-    return TORCH_DTYPES[cfg.dtype]
+        return "bfloat16" if device == "cuda" else "float32"
+    return cfg.dtype
+
+
+def torch_dtype(cfg: ModelConfig, device: str) -> torch.dtype:
+    return TORCH_DTYPES[dtype_name(cfg, device)]
 
 
 def load_model(checkpoint: str, dtype: torch.dtype | str, device: str):

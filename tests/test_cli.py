@@ -23,15 +23,21 @@ SMOKE = [
 ]
 
 
-def cli(args: list[str], tmp_path: Path, uri: str) -> subprocess.CompletedProcess:
+def cli(
+    args: list[str], tmp_path: Path, uri: str, timeout: int = 900
+) -> subprocess.CompletedProcess:
+    """`python -m entropic.run <args>` into tmp_path/run and the MLflow store at uri."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "HF_HUB_OFFLINE": "1"}
+    # A job of its own, not a rank: this pytest process may itself run under a launcher.
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
     return subprocess.run(
         [sys.executable, "-m", "entropic.run", *args, f"hydra.run.dir={tmp_path / 'run'}"],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=timeout,
     )
 
 
@@ -54,6 +60,8 @@ def test_main_job_runs_end_to_end(tmp_path, mlflow_uri, embedded_checkpoint):
         steps = [m.step for m in client.get_metric_history(run.info.run_id, f"eval/{name}")]
         assert steps == [0, 2], (name, steps)  # before training and at the final global step
     assert run.data.params["reward.labeled_fraction"] == "0.5"
+    # why: smollm2_135m says dtype=auto, which is fp32 on the CPU
+    assert run.data.params["model.resolved_dtype"] == "float32"
     assert any(k.startswith("train/rewards/mixed") for k in run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "reliability_diagram.png", "predictions"} <= artifacts

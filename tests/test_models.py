@@ -1,0 +1,58 @@
+"""The model registry's locally built models: random weights in a named architecture."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
+
+from entropic.config import ConfigError, RunConfig
+from entropic.models import RANDOM_SHAPES, resolve_checkpoint
+from tests.conftest import compose_config
+
+ARCHITECTURE_KEYS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "max_position_embeddings",
+    "vocab_size",
+    "tie_word_embeddings",
+)
+
+
+def test_smollm2_shape_is_the_converted_checkpoints_architecture(embedded_checkpoint):
+    """model=smollm2_random stands in for SmolLM2-135M in GPU speed and memory checks, so it
+    must be the same network: same config keys and, counted independently, 134,515,008
+    parameters (the real checkpoint's count)."""
+    real = AutoConfig.from_pretrained(embedded_checkpoint)
+    shaped = LlamaConfig(
+        vocab_size=real.vocab_size, tie_word_embeddings=True, **RANDOM_SHAPES["smollm2_135m"]
+    )
+    for key in ARCHITECTURE_KEYS:
+        assert getattr(shaped, key) == getattr(real, key), key
+    assert shaped.rms_norm_eps == pytest.approx(real.rms_norm_eps)
+    assert shaped.rope_parameters["rope_theta"] == real.rope_parameters["rope_theta"]
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(shaped)
+    # 49152*576 tied embeddings + 30 layers * (attention 576*(576+64*3*2+576) + MLP 3*576*1536
+    # + two norms 2*576) + final norm 576
+    per_layer = 576 * (576 + 2 * 3 * 64 + 576) + 3 * 576 * 1536 + 2 * 576
+    assert sum(p.numel() for p in model.parameters()) == 49152 * 576 + 30 * per_layer + 576
+    assert 49152 * 576 + 30 * per_layer + 576 == 134_515_008
+
+
+def test_tiny_random_builds_with_the_real_tokenizer(tmp_path, monkeypatch, embedded_checkpoint):
+    monkeypatch.setenv("ENTROPIC_CACHE", str(tmp_path))
+    config = RunConfig.from_hydra(compose_config(["model=tiny_random"], tmp_path))
+    path = resolve_checkpoint(config.model)
+    built = AutoConfig.from_pretrained(path)
+    assert (built.num_hidden_layers, built.hidden_size) == (2, 64)
+    # why: the tokenizer is SmolLM2's, so the embedding covers its vocabulary
+    assert built.vocab_size == AutoConfig.from_pretrained(embedded_checkpoint).vocab_size
+
+
+def test_unknown_random_shape_names_the_key():
+    with pytest.raises(ConfigError, match="model.shape"):
+        RunConfig.from_hydra(compose_config(["model=tiny_random", "model.shape=huge"]))
