@@ -7,7 +7,8 @@ STAMP := .venv/.installed
 TORCH_SPEC ?= torch==2.13.0
 # a study name for `make report STUDY=...`
 STUDY ?= scarce_collapse
-# a sweep in sweeps/ for `make sweep SWEEP=...`, and extra Hydra overrides (ARGS="seed=0")
+# a sweep in sweeps/ for `make sweep SWEEP=...`; ARGS: its Hydra overrides (ARGS="seed=0"),
+# or flags of `make report` (ARGS=--all-sweeps)
 SWEEP ?= scarce_collapse
 ARGS ?=
 # the model hub is never needed by the embedded default; this makes that a guarantee
@@ -75,8 +76,8 @@ ui: $(STAMP)  ## open the MLflow UI on the project's store (http://127.0.0.1:500
 sweep: $(STAMP)  ## run a versioned sweep, one MLflow parent run: make sweep SWEEP=mix_ratio
 	$(PY) -m entropic.run -cd sweeps -cn $(SWEEP) $(ARGS)
 
-report: $(STAMP)  ## build a study report from MLflow: make report STUDY=scarce_collapse
-	$(PY) -m entropic.report $(STUDY)
+report: $(STAMP)  ## build a study report from MLflow: make report STUDY=mix_ratio [ARGS=--all-sweeps]
+	$(PY) -m entropic.report $(STUDY) $(ARGS)
 
 lint: $(STAMP)  ## ruff check and format check
 	.venv/bin/ruff check entropic tests

@@ -412,6 +412,8 @@ def markdown(results: dict[str, Any]) -> str:
 
 def _table(rows: list[dict], columns: list[str]) -> str:
     frame = pd.DataFrame(rows).reindex(columns=columns)
+    if "note" in frame:  # rows without a note show an empty cell, not nan
+        frame["note"] = frame["note"].fillna("")
     return frame.to_markdown(index=False, floatfmt=".3g")
 
 

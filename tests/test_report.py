@@ -8,16 +8,20 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from entropic.evaluate import METRIC_NAMES
 from entropic.report import (
     BOUNDS,
     STUDIES,
     ReportError,
+    find_parents,
     interval,
+    load_sweep,
     main,
     moved_most,
     percent,
     write_report,
 )
+from entropic.sweeps import SWEEP_TAG
 
 
 @pytest.mark.parametrize(
@@ -152,7 +156,7 @@ def reports(smoke_sweep, smoke_runs, tmp_path_factory):
                 study,
                 client,
                 out / study,
-                parent_run_id=None if study == "rl_vs_prompting" else smoke_runs["parent"],
+                parent_run_ids=None if study == "rl_vs_prompting" else smoke_runs["parent"],
             ),
             out / study,
         )
@@ -203,3 +207,67 @@ def test_report_is_written_and_logged_to_the_parent_run(reports, smoke_runs, smo
     client = MlflowClient(smoke_sweep.uri)
     logged = {a.path for a in client.list_artifacts(smoke_runs["parent"], f"report/{study}")}
     assert {f"report/{study}/report.md", f"report/{study}/training_curves.png"} <= logged
+
+
+def logged_sweep(client: MlflowClient, experiment_id: str, started: int, points) -> str:
+    """A sweep as entropic.sweeps and entropic.job leave it in MLflow: a parent run, and a child
+    per point with the params the report reads and eval/* before (step 0) and after (step 4)."""
+    parent = client.create_run(experiment_id, start_time=started, tags={SWEEP_TAG: "mix_ratio"})
+    for i, (seed, fraction, accuracy, status) in enumerate(points, start=1):
+        child = client.create_run(
+            experiment_id,
+            start_time=started + i,
+            run_name=f"lf{fraction}-seed{seed}-{started}",
+            tags={SWEEP_TAG: "mix_ratio", "mlflow.parentRunId": parent.info.run_id},
+        )
+        run_id = child.info.run_id
+        params = {
+            "seed": seed,
+            "reward.labeled_fraction": fraction,
+            "trainer.epochs": 2,
+            "data.train_size": 1600,
+            "data.train_questions_used": 32,
+            "data.eval_questions_used": 200,
+            "eval.periodic_size": 100,
+            "train": True,
+            "prompt.name": "default",
+        }
+        for key, value in params.items():
+            client.log_param(run_id, key, str(value))
+        for metric in METRIC_NAMES:
+            client.log_metric(run_id, f"eval/{metric}", 0.2, step=0)
+        client.log_metric(run_id, "eval/accuracy", accuracy, step=4)
+        client.set_terminated(run_id, status)
+    client.set_terminated(parent.info.run_id, "FINISHED")
+    return parent.info.run_id
+
+
+def test_sweeps_merge_with_the_newest_run_of_each_condition_and_seed(tmp_path):
+    """Seeds added later by a sweep of their own join the report; a point run twice counts
+    once, from its newer run."""
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment_id = client.create_experiment("mix_ratio")
+    first = logged_sweep(
+        client, experiment_id, 1_000, [(0, 0.5, 0.10, "FINISHED"), (1, 0.5, 0.20, "FINISHED")]
+    )
+    second = logged_sweep(
+        client,
+        experiment_id,
+        2_000,
+        [(1, 0.5, 0.30, "FINISHED"), (2, 0.5, 0.40, "FINISHED"), (3, 0.5, 0.90, "KILLED")],
+    )
+    assert find_parents(client, "mix_ratio") == [second, first]
+
+    merged = load_sweep(client, [second, first])
+    by_seed = merged.runs.set_index("seed")["after/accuracy"].to_dict()
+    # why: seed 1 ran in both sweeps; the second sweep's run (0.30) replaces the first's (0.20)
+    assert by_seed == {0: 0.10, 1: 0.30, 2: 0.40}
+    assert [name.split(" ")[0] for name in merged.superseded] == ["lf0.5-seed1-1000"]
+    assert merged.skipped == ["lf0.5-seed3-2000 (KILLED)"]
+    assert merged.parent_run_id == second
+    # why: every eval metric is read per run, untouched by the merge
+    assert (merged.runs["before/accuracy"] == 0.2).all()
+
+    alone = load_sweep(client, first)
+    assert alone.runs.set_index("seed")["after/accuracy"].to_dict() == {0: 0.10, 1: 0.20}
+    assert alone.superseded == []
