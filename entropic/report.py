@@ -79,7 +79,7 @@ class SweepRuns:
     """The finished child runs of one or more sweeps, one row each, and their eval/* histories."""
 
     client: MlflowClient
-    # the sweeps read, newest first; the report is logged to the first
+    # the sweeps read (found: newest first; given: in that order); the report is logged to the first
     parent_run_ids: list[str]
     # index run_id; the config values that tell conditions apart, and before/<m>, after/<m>
     runs: pd.DataFrame
