@@ -366,9 +366,8 @@ def bar_figure(numbers: pd.DataFrame, metrics: dict[str, str], title: str) -> pl
             ),
         )  # fmt: skip
         ax.set_xticks(x, list(numbers.index), fontsize=8)
-    axes[0][0].legend(fontsize=8)
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+    legend_below(fig, axes[0][0])
     return fig
 
 
@@ -386,9 +385,14 @@ def share_figure(numbers: pd.DataFrame, metrics: dict[str, str], x: list[float],
         ax.set_xlim(-0.05, 1.05)
         ax.set_xticks(np.linspace(0, 1, 5))
         ax.set_xlabel(xlabel)
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
+    legend_below(fig, axes[0][0])
     return fig
+
+
+def legend_below(fig: plt.Figure, ax: plt.Axes) -> None:
+    """One legend for all panels, under them, where it cannot hide a point."""
+    fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
 
 
 def curves_figure(sweep: SweepRuns, groups: dict[str, pd.DataFrame]) -> plt.Figure | None:
