@@ -134,11 +134,6 @@ def find_parents(client: MlflowClient, sweep: str) -> list[str]:
     return parents
 
 
-def find_parent(client: MlflowClient, sweep: str) -> str:
-    """The newest parent run of `sweep` with at least one finished child."""
-    return find_parents(client, sweep)[0]
-
-
 def metric_history(client: MlflowClient, run_id: str) -> pd.DataFrame:
     """eval/<metric> of one run per step: step 0, the periodic evaluations, the last step."""
     columns = {
@@ -151,23 +146,9 @@ def metric_history(client: MlflowClient, run_id: str) -> pd.DataFrame:
     return pd.DataFrame(columns).sort_index()
 
 
-# The params that make two runs the same point of a study: the same condition and seed.
-POINT_KEYS = (
-    "seed",
-    "labeled_fraction",
-    "epochs",
-    "train_size",
-    "train_questions",
-    "eval_questions",
-    "periodic_size",
-    "trained",
-    "prompt",
-)
-
-
-def load_sweep(client: MlflowClient, parent_run_ids: str | list[str]) -> SweepRuns:
-    """The finished children of these parent runs; of runs at the same point, the newest."""
-    parent_run_ids = [parent_run_ids] if isinstance(parent_run_ids, str) else parent_run_ids
+def load_sweep(client: MlflowClient, parent_run_ids: list[str]) -> SweepRuns:
+    """The finished children of these parent runs; of runs at the same point (the same config
+    values, seed included), the newest."""
     finished, skipped = [], []
     for parent_run_id in parent_run_ids:
         for child in children(client, parent_run_id):
@@ -178,9 +159,8 @@ def load_sweep(client: MlflowClient, parent_run_ids: str | list[str]) -> SweepRu
     rows, histories, superseded, seen = [], {}, [], set()
     for child in sorted(finished, key=lambda run: run.info.start_time, reverse=True):
         run_id, params = child.info.run_id, child.data.params
-        row = {
-            "run_id": run_id,
-            "run_name": child.info.run_name,
+        # the config values that tell conditions and seeds apart
+        point = {
             "seed": int(params["seed"]),
             "labeled_fraction": float(params["reward.labeled_fraction"]),
             "epochs": float(params["trainer.epochs"]),
@@ -191,16 +171,18 @@ def load_sweep(client: MlflowClient, parent_run_ids: str | list[str]) -> SweepRu
             "trained": params["train"] == "True",
             "prompt": params["prompt.name"],
         }
-        point = tuple(row[key] for key in POINT_KEYS)
-        if point in seen:
+        key = tuple(point.values())
+        if key in seen:
             superseded.append(f"{child.info.run_name} ({run_id})")
             continue
-        seen.add(point)
+        seen.add(key)
         history = metric_history(client, run_id)
         histories[run_id] = history
         rows.append(
             {
-                **row,
+                "run_id": run_id,
+                "run_name": child.info.run_name,
+                **point,
                 **{f"before/{m}": history[m].iloc[0] for m in METRIC_NAMES},
                 **{f"after/{m}": history[m].iloc[-1] for m in METRIC_NAMES},
             }
@@ -774,14 +756,12 @@ def write_report(
     study: str,
     client: MlflowClient,
     output_dir: Path | None = None,
-    parent_run_ids: str | list[str] | None = None,
+    parent_run_ids: list[str] | None = None,
     all_sweeps: bool = False,
 ) -> Report:
     """Build a study's report from MLflow, write it, log it to the (newest) parent run, print its
     table. Reads the given parent runs, or every sweep of the study, or the newest one."""
     definition = get_study(study)
-    if isinstance(parent_run_ids, str):
-        parent_run_ids = [parent_run_ids]
     if not parent_run_ids:
         found = find_parents(client, definition.sweep)
         parent_run_ids = found if all_sweeps else found[:1]

@@ -156,7 +156,7 @@ def reports(smoke_sweep, smoke_runs, tmp_path_factory):
                 study,
                 client,
                 out / study,
-                parent_run_ids=None if study == "rl_vs_prompting" else smoke_runs["parent"],
+                parent_run_ids=None if study == "rl_vs_prompting" else [smoke_runs["parent"]],
             ),
             out / study,
         )
@@ -268,6 +268,6 @@ def test_sweeps_merge_with_the_newest_run_of_each_condition_and_seed(tmp_path):
     # why: every eval metric is read per run, untouched by the merge
     assert (merged.runs["before/accuracy"] == 0.2).all()
 
-    alone = load_sweep(client, first)
+    alone = load_sweep(client, [first])
     assert alone.runs.set_index("seed")["after/accuracy"].to_dict() == {0: 0.10, 1: 0.20}
     assert alone.superseded == []
