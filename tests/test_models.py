@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
 
+from entropic import config
 from entropic.config import ConfigError, RunConfig
 from entropic.models import RANDOM_SHAPES, resolve_checkpoint
 from tests.conftest import compose_config
@@ -45,12 +46,19 @@ def test_smollm2_shape_is_the_converted_checkpoints_architecture(embedded_checkp
 
 def test_tiny_random_builds_with_the_real_tokenizer(tmp_path, monkeypatch, embedded_checkpoint):
     monkeypatch.setenv("ENTROPIC_CACHE", str(tmp_path))
-    config = RunConfig.from_hydra(compose_config(["model=tiny_random"], tmp_path))
-    path = resolve_checkpoint(config.model)
+    # the converted checkpoint's tokenizer, so the empty cache needs no second GGUF conversion
+    overrides = ["model=tiny_random", f"model.tokenizer={embedded_checkpoint}"]
+    run_config = RunConfig.from_hydra(compose_config(overrides, tmp_path))
+    path = resolve_checkpoint(run_config.model)
     built = AutoConfig.from_pretrained(path)
     assert (built.num_hidden_layers, built.hidden_size) == (2, 64)
     # why: the tokenizer is SmolLM2's, so the embedding covers its vocabulary
     assert built.vocab_size == AutoConfig.from_pretrained(embedded_checkpoint).vocab_size
+
+
+def test_config_and_builder_know_the_same_shapes():
+    # why: config.py validates model.shape by name without importing the builder
+    assert set(config.RANDOM_SHAPES) == set(RANDOM_SHAPES)
 
 
 def test_unknown_random_shape_names_the_key():
