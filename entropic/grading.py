@@ -4,6 +4,13 @@ Correctness is the label that both the reward and every calibration metric are b
 finds loopholes fast: a grader that credits "Paris or Lyon" for Paris teaches the model to hedge
 inside the answer instead of in its confidence. The rules below are therefore strict about lists
 of candidates and lenient only about wording around a single answer ("Paris, France").
+
+Near misses a fair grader keeps (each a case in tests/test_grading.py): "Paris, France" and
+"Paris (France)" for Paris (a qualifier after the answer, and only the first candidate can earn);
+"the Netherlands" for Netherlands (articles go); "Kingdom of Denmark" or "the Republic of Kenya"
+for Denmark or Kenya (framing words, `FILLER_WORDS`); "It is probably Paris". Refused: any other
+word beside the answer ("France Germany", "Paris Lyon Marseille", "South Africa" for the continent
+Africa), a negation ("not Paris"), and a question or exclamation mark ("Paris? No, Lyon").
 """
 
 import re
@@ -15,9 +22,21 @@ from collections.abc import Sequence
 MAX_ANSWER_WORDS = 8
 
 _ARTICLES = re.compile(r"\b(?:a|an|the)\b")
+# The only words that may stand beside the answer inside its own segment: how an answer is framed
+# ("it is probably"), and the words of a single place's formal name ("Kingdom of", "the city of").
+# No word here can name a candidate, so a list without separators ("France Germany") and a
+# negation ("not Paris", "Paris is wrong") earn nothing. After a qualifier separator ("Paris,
+# France", "Paris (France)") any words may follow: only the first segment can earn.
+FILLER_WORDS = frozenset(
+    """
+    i it its is was be would say think believe guess my answer probably likely most maybe
+    located in on of at called named known as
+    city town capital country nation state province region continent kingdom republic currency
+    """.split()
+)
 # Separators between candidates. A comma between digits is a thousands separator ("1,000").
 # No surrounding \s*: normalisation drops the spaces, and \s* runs would backtrack quadratically.
-_SEPARATOR = re.compile(r"(\bor\b|\band\b|[&;/|]|(?<!\d),|,(?!\d))", re.IGNORECASE)
+_SEPARATOR = re.compile(r"(\bor\b|\band\b|[&;/|?!(]|(?<!\d),|,(?!\d))", re.IGNORECASE)
 # Markers contain punctuation, so they can never collide with a normalised word.
 _SEPARATOR_MARKERS = {
     "or": "<or>",
@@ -27,10 +46,15 @@ _SEPARATOR_MARKERS = {
     "and": "<and>",
     "&": "<and>",
     ",": "<,>",
+    # an opening parenthesis starts a qualifier, as a comma does: "Paris (France)"
+    "(": "<,>",
+    # a question or exclamation mark ends a claim: "Paris? No, Lyon" offers two
+    "?": "<?>",
+    "!": "<?>",
 }
 _MARKERS = frozenset(_SEPARATOR_MARKERS.values())
 # "Paris or Lyon", "Paris; Lyon", "Paris/Lyon": always a choice between candidates.
-_HEDGE_MARKERS = frozenset({"<or>", "<;>", "</>", "<|>"})
+_HEDGE_MARKERS = frozenset({"<or>", "<;>", "</>", "<|>", "<?>"})
 
 
 def normalize_answer(text: str) -> str:
@@ -56,15 +80,18 @@ def is_correct(
     part of a list of candidates. The answer is cut at separators, except those inside the
     matched alias itself (so "Trinidad and Tobago" still counts as one name):
 
-    - " or ", ";", "/", "|" anywhere outside the alias make it a hedge: "Paris or Lyon",
-      "Either Paris or Rome", "Paris/Lyon" earn nothing even when Paris is gold.
+    - " or ", ";", "/", "|", "?", "!" anywhere outside the alias make it a hedge: "Paris or
+      Lyon", "Either Paris or Rome", "Paris/Lyon", "Paris? No, Lyon" earn nothing even when
+      Paris is gold.
     - "," and " and " (or "&") make it a list when the alias is not in the first segment or
       when there are more than two segments. "Paris, France" is correct for Paris, and so is
       "Paris, Lyon": since only the first segment can earn credit, a second candidate never
       raises the reward over answering the first alone, so it is not a loophole. "Lyon, Paris"
-      and "Paris, Lyon, Marseille" earn nothing.
+      and "Paris, Lyon, Marseille" earn nothing. "(" starts a qualifier as "," does.
+    - Inside the alias's own segment every other word must be one of `FILLER_WORDS`, so a list
+      without separators ("France Germany", "Paris Lyon Marseille") and a negation ("not
+      Paris") earn nothing.
 
-    A list without separators ("Paris Lyon") is not detected; the word limit only bounds it.
     A ``None`` or empty answer is wrong.
     """
     if answer is None:
@@ -118,4 +145,7 @@ def _is_single_candidate_match(tokens: list[str], start: int, end: int) -> bool:
         return False
     separators_before = [token for token in before if token in _MARKERS]
     separators_after = [token for token in after if token in _MARKERS]
-    return not separators_before and len(separators_after) <= 1
+    if separators_before or len(separators_after) > 1:
+        return False
+    segment_end = after.index(separators_after[0]) if separators_after else len(after)
+    return all(token in FILLER_WORDS for token in before + after[:segment_end])
