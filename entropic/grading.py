@@ -28,11 +28,46 @@ _ARTICLES = re.compile(r"\b(?:a|an|the)\b")
 # negation ("not Paris", "Paris is wrong") earn nothing. After a qualifier separator ("Paris,
 # France", "Paris (France)") any words may follow: only the first segment can earn.
 FILLER_WORDS = frozenset(
-    """
-    i it its is was be would say think believe guess my answer probably likely most maybe
-    located in on of at called named known as
-    city town capital country nation state province region continent kingdom republic currency
-    """.split()
+    [
+        "i",
+        "it",
+        "its",
+        "is",
+        "was",
+        "be",
+        "would",
+        "say",
+        "think",
+        "believe",
+        "guess",
+        "my",
+        "answer",
+        "probably",
+        "likely",
+        "most",
+        "maybe",
+        "located",
+        "in",
+        "on",
+        "of",
+        "at",
+        "called",
+        "named",
+        "known",
+        "as",
+        "city",
+        "town",
+        "capital",
+        "country",
+        "nation",
+        "state",
+        "province",
+        "region",
+        "continent",
+        "kingdom",
+        "republic",
+        "currency",
+    ]
 )
 # Separators between candidates. A comma between digits is a thousands separator ("1,000").
 # No surrounding \s*: normalisation drops the spaces, and \s* runs would backtrack quadratically.
