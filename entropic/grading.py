@@ -27,48 +27,15 @@ _ARTICLES = re.compile(r"\b(?:a|an|the)\b")
 # No word here can name a candidate, so a list without separators ("France Germany") and a
 # negation ("not Paris", "Paris is wrong") earn nothing. After a qualifier separator ("Paris,
 # France", "Paris (France)") any words may follow: only the first segment can earn.
-FILLER_WORDS = frozenset(
-    [
-        "i",
-        "it",
-        "its",
-        "is",
-        "was",
-        "be",
-        "would",
-        "say",
-        "think",
-        "believe",
-        "guess",
-        "my",
-        "answer",
-        "probably",
-        "likely",
-        "most",
-        "maybe",
-        "located",
-        "in",
-        "on",
-        "of",
-        "at",
-        "called",
-        "named",
-        "known",
-        "as",
-        "city",
-        "town",
-        "capital",
-        "country",
-        "nation",
-        "state",
-        "province",
-        "region",
-        "continent",
-        "kingdom",
-        "republic",
-        "currency",
-    ]
-)
+# fmt: off
+FILLER_WORDS = frozenset({
+    "i", "it", "its", "is", "was", "be", "would", "say", "think", "believe", "guess", "my",
+    "answer", "probably", "likely", "most", "maybe",
+    "located", "in", "on", "of", "at", "called", "named", "known", "as",
+    "city", "town", "capital", "country", "nation", "state", "province", "region", "continent",
+    "kingdom", "republic", "currency",
+})
+# fmt: on
 # Separators between candidates. A comma between digits is a thousands separator ("1,000").
 # No surrounding \s*: normalisation drops the spaces, and \s* runs would backtrack quadratically.
 _SEPARATOR = re.compile(r"(\bor\b|\band\b|[&;/|?!(]|(?<!\d),|,(?!\d))", re.IGNORECASE)
