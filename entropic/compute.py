@@ -13,14 +13,14 @@ import dataclasses
 
 import torch
 
-from entropic.config import ComputeConfig, RunConfig
+from entropic.config import ComputeConfig, ConfigError, RunConfig
 
 
 def resolve_device(cfg: ComputeConfig) -> str:
     if cfg.device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
+        raise ConfigError(
             f"compute={cfg.name} asks for CUDA, but torch sees no GPU. Fix: run with "
             "compute=cpu (or compute=auto), or install a CUDA build of torch"
         )

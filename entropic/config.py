@@ -29,7 +29,8 @@ def _one_of(value: str, valid: list[str] | tuple[str, ...], key: str) -> None:
         value in valid,
         key,
         f"unknown value {value!r}",
-        f"use one of {sorted(valid)} (e.g. {key.split('.')[0]}={sorted(valid)[0]})",
+        # a group's name is chosen with the group (adapter=full), any other key by itself
+        f"use one of {sorted(valid)} (e.g. {key.removesuffix('.name')}={sorted(valid)[0]})",
     )
 
 
@@ -75,6 +76,62 @@ class ModelConfig:
                 "a GGUF package model needs the package and the file",
                 "see conf/model/smollm2_135m.yaml",
             )
+
+
+ADAPTERS = ("lora", "full")
+
+
+@dataclass
+class AdapterConfig:
+    # what GRPO trains: lora (peft adapters, as the reference's Tinker runs) | full (every weight)
+    name: str = "lora"
+    # AdamW learning rate that suits this adapter (trainer.learning_rate defaults to it)
+    learning_rate: float = 1.0e-5
+    # LoRA rank r
+    rank: int = 32
+    # LoRA scale alpha (the update is scaled by alpha / rank)
+    alpha: float = 32.0
+    # dropout on the LoRA input
+    dropout: float = 0.0
+    # modules that get adapters: "all-linear" (peft's name for every linear layer but the head)
+    # or a list of module names such as [q_proj, v_proj]
+    target_modules: str | list[str] = "all-linear"
+
+    def __post_init__(self) -> None:
+        _one_of(self.name, ADAPTERS, "adapter.name")
+        _require(self.learning_rate > 0, "adapter.learning_rate", "must be > 0", "e.g. 1e-4")
+        if self.name != "lora":
+            return
+        _require(
+            isinstance(self.rank, int) and not isinstance(self.rank, bool) and self.rank > 0,
+            "adapter.rank",
+            f"{self.rank} is not a positive integer",
+            "e.g. adapter.rank=32 (Tinker's default; RL works down to rank 1)",
+        )
+        _require(self.alpha > 0, "adapter.alpha", f"{self.alpha} must be > 0", "adapter.alpha=32")
+        _require(
+            0.0 <= self.dropout < 1.0,
+            "adapter.dropout",
+            f"{self.dropout} is outside [0, 1)",
+            "adapter.dropout=0.0",
+        )
+        names = [self.target_modules] if isinstance(self.target_modules, str) else None
+        names = names or list(self.target_modules)
+        _require(
+            bool(names) and all(isinstance(n, str) and n for n in names),
+            "adapter.target_modules",
+            "is empty",
+            'adapter.target_modules=all-linear or a list such as "[q_proj,v_proj]"',
+        )
+
+
+def _require_finite(value: Any, key: str) -> None:
+    _require(
+        not isinstance(value, float) or math.isfinite(value),
+        key,
+        f"{value} is not a finite number",
+        "give a number (nan and inf are never meaningful here)",
+    )
 
 
 @dataclass
@@ -152,6 +209,33 @@ class SemanticConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+LOSS_TOKENS = ("all", "confidence")
+# GRPOConfig fields entropic fills in from other keys (the rollout group, compute, tracking)
+GRPO_FIELDS_WE_SET = frozenset(
+    {
+        "output_dir",
+        "num_train_epochs",
+        "save_strategy",
+        "report_to",
+        "use_cpu",
+        "bf16",
+        "model_init_kwargs",
+        "seed",
+        "data_seed",
+        "remove_unused_columns",
+        "use_vllm",
+        "vllm_mode",
+    }
+)
+
+
+def grpo_config_fields() -> set[str]:
+    """Names trl.GRPOConfig accepts (imported here only, so config stays cheap to import)."""
+    from trl import GRPOConfig
+
+    return {f.name for f in dataclasses.fields(GRPOConfig)}
+
+
 @dataclass
 class TrainerConfig:
     # passes over the training pool
@@ -174,7 +258,7 @@ class TrainerConfig:
     max_steps: int = -1
     # log TRL's training metrics every N steps
     logging_steps: int = 1
-    # save a resumable checkpoint every N steps (0: only at the end)
+    # save a resumable checkpoint every N steps (0: never)
     save_steps: int = 0
     # nucleus sampling of the rollouts
     top_p: float = 1.0
@@ -184,10 +268,53 @@ class TrainerConfig:
     scale_rewards: str = "group"
     # run the periodic held-out evaluation every N steps (0: only before and after)
     eval_every_n_steps: int = 0
+    # Adam's beta1 and beta2 (Tinker's RL default is 0.9, 0.95)
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    # learning-rate schedule (transformers' lr_scheduler_type: linear, constant, cosine, ...)
+    lr_scheduler_type: str = "linear"
+    # share of the steps spent warming the learning rate up (TRL's warmup_steps as a ratio)
+    warmup_ratio: float = 0.0
+    # recompute activations in the backward pass (TRL defaults to true; pure cost on a small model)
+    gradient_checkpointing: bool = False
+    # which completion tokens the policy-gradient loss covers: all | confidence (from the
+    # `Confidence` key on; the answer tokens then keep the base model's distribution up to the
+    # shared weights)
+    loss_tokens: str = "all"
+    # any other trl.GRPOConfig field, passed through and validated by TRL itself
+    grpo: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _require(
             self.epochs > 0, "trainer.epochs", f"{self.epochs} must be > 0", "trainer.epochs=1"
+        )
+        _one_of(self.loss_tokens, LOSS_TOKENS, "trainer.loss_tokens")
+        for key in ("adam_beta1", "adam_beta2"):
+            _require(
+                0.0 <= getattr(self, key) < 1.0,
+                f"trainer.{key}",
+                f"{getattr(self, key)} is outside [0, 1)",
+                "e.g. trainer.adam_beta2=0.95",
+            )
+        _require(
+            0.0 <= self.warmup_ratio < 1.0,
+            "trainer.warmup_ratio",
+            f"{self.warmup_ratio} is outside [0, 1)",
+            "e.g. trainer.warmup_ratio=0.1",
+        )
+        owned = {f.name for f in dataclasses.fields(self)} | GRPO_FIELDS_WE_SET
+        _require(
+            not (set(self.grpo) & owned),
+            "trainer.grpo",
+            f"sets {sorted(set(self.grpo) & owned)}, which entropic sets itself",
+            "set them as trainer.<key> (or through the group that owns them) instead",
+        )
+        unknown = sorted(set(self.grpo) - grpo_config_fields())
+        _require(
+            not unknown,
+            "trainer.grpo",
+            f"{unknown} are not trl.GRPOConfig fields",
+            "check the spelling against trl.GRPOConfig (TRL 1.16's documentation)",
         )
         _require(
             self.num_generations >= 2,
@@ -343,6 +470,8 @@ class RunConfig:
     tracking: TrackingConfig
     # who generates the rollouts (hf, or vLLM on GPUs)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    # what GRPO trains: LoRA adapters (the default, as the reference) or every weight
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
     # global seed: data subset, labeled subset, sampling, initialisation
     seed: int = 0
     # False: evaluate only (baselines such as the calibration prompt), no GRPO
@@ -361,7 +490,9 @@ class RunConfig:
         _require(not missing, ", ".join(missing), "is required (???)", "set it on the command line")
         raw = OmegaConf.to_container(cfg, resolve=True)
         sections: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
+        # the adapter first: trainer.learning_rate defaults to adapter.learning_rate, so a bad
+        # rate is reported under the key the user set
+        for f in sorted(dataclasses.fields(cls), key=lambda f: f.name != "adapter"):
             if f.name not in raw:
                 continue
             section_type = _SECTION_TYPES.get(f.name)
@@ -374,6 +505,9 @@ class RunConfig:
 def _build(section_type: type, values: dict[str, Any], key: str) -> Any:
     """Build one section; keys the dataclass does not know go to its `options` when it has one."""
     names = {f.name for f in dataclasses.fields(section_type)}
+    for name, value in values.items():
+        # every float key of every section: nan and inf are never a setting
+        _require_finite(value, f"{key}.{name}")
     known = {k: v for k, v in values.items() if k in names}
     extra = {k: v for k, v in values.items() if k not in names}
     if extra and "options" in names:
@@ -399,4 +533,5 @@ _SECTION_TYPES: dict[str, type] = {
     "compute": ComputeConfig,
     "tracking": TrackingConfig,
     "rollout": RolloutConfig,
+    "adapter": AdapterConfig,
 }

@@ -33,6 +33,11 @@ METRIC_NAMES = (
     "auroc",
     "format_rate",
 )
+# How the stated confidence separates right from wrong answers, and whether it is one number
+# said to every question (the dead end of group-normalised GRPO): printed and logged beside the
+# METRIC_NAMES, which the study reports read.
+DISCRIMINATION_NAMES = ("confidence_correct", "confidence_wrong", "distinct_confidences")
+SUMMARY_NAMES = METRIC_NAMES + DISCRIMINATION_NAMES
 
 
 def tokenize_chats(tokenizer, prompts: list[list[dict]], device):
@@ -102,9 +107,11 @@ def summarize(predictions: pd.DataFrame) -> dict[str, float]:
     if parsed.empty:
         nan = math.nan
         metrics.update(confidence=nan, calibration_gap=nan, ece=nan, brier=nan, auroc=nan)
+        metrics.update(confidence_correct=nan, confidence_wrong=nan, distinct_confidences=0.0)
         return metrics
     confidences = parsed["confidence"].to_numpy(float)
     correct = parsed["correct"].to_numpy(int)
+    metrics.update(discrimination(confidences, correct.astype(bool)))
     metrics.update(
         confidence=float(np.mean(confidences)),
         calibration_gap=calibration_gap(confidences, correct),
@@ -113,6 +120,21 @@ def summarize(predictions: pd.DataFrame) -> dict[str, float]:
         auroc=auroc(confidences, correct),
     )
     return metrics
+
+
+def discrimination(confidences: np.ndarray, correct: np.ndarray) -> dict[str, float]:
+    """Mean confidence on right and on wrong answers (NaN when there are none), and how many
+    distinct confidence values were stated."""
+
+    def mean(values: np.ndarray) -> float:
+        return float(values.mean()) if values.size else math.nan
+
+    correct = np.asarray(correct, bool)
+    return {
+        "confidence_correct": mean(confidences[correct]),
+        "confidence_wrong": mean(confidences[~correct]),
+        "distinct_confidences": float(len(np.unique(confidences))),
+    }
 
 
 def evaluate(

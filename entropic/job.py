@@ -26,13 +26,13 @@ from entropic.calibration import CalibrationConfig, add_calibrated_target
 from entropic.compute import apply_cpu_scale, resolve_device, train_questions
 from entropic.config import ConfigError, RunConfig
 from entropic.data import QuestionSplits, check_source, load_questions
-from entropic.evaluate import METRIC_NAMES, evaluate, summarize
+from entropic.evaluate import SUMMARY_NAMES, evaluate, summarize
 from entropic.plots import reliability_diagram
 from entropic.prompting import add_prompts
-from entropic.rewards import TRLReward, get_rule, mark_labeled
+from entropic.rewards import TRLReward, check_labeled_fraction, get_rule, mark_labeled
 from entropic.semantic import build_clusterer
 from entropic.study import stability_study
-from entropic.training import build_trainer, last_checkpoint
+from entropic.training import build_trainer, check_target_modules, last_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +70,12 @@ def prepare(cfg: DictConfig) -> Prepared:
         device = resolve_device(config.compute)
         config, scaled = apply_cpu_scale(config, device)
         rollout.check(config, device)
+        check_labeled_fraction(config.reward)
         if rule.needs_target:
             # the entropy -> Platt targets are made in train_job; their config is checked now
             CalibrationConfig.from_hydra(cfg, config)
+        if config.train and config.adapter.target_modules != "all-linear":
+            check_target_modules(config.adapter, models.resolve_checkpoint(config.model))
         clusterer = (
             build_clusterer(config.semantic.method, **config.semantic.options)
             if rule.needs_stability
@@ -85,8 +88,10 @@ def prepare(cfg: DictConfig) -> Prepared:
             seed=config.seed,
             **config.data.options,
         )
-    except (ValueError, FileNotFoundError, RuntimeError, ConnectionError) as err:
+    except (ValueError, FileNotFoundError, ConnectionError) as err:
         # One exception type for every rejected input, so the CLI prints it without a traceback.
+        # A RuntimeError is a bug (a loader that leaks eval questions into training, say): it
+        # keeps its traceback and the run is not reported as bad input.
         raise err if isinstance(err, ConfigError) else ConfigError(str(err)) from err
     n_train = train_questions(config, device)
     train = splits.train.shuffle(seed=config.seed).select(range(min(n_train, len(splits.train))))
@@ -265,8 +270,8 @@ def train_on_other_rank(prepared: Prepared, output_dir: Path, resume_from: str |
 def summary_table(before: dict[str, float], after: dict[str, float]) -> pd.DataFrame:
     """Before/after/change per eval metric; one column when the job did not train."""
     if not after:
-        return pd.DataFrame({"untrained": before}).loc[list(METRIC_NAMES)]
-    table = pd.DataFrame({"before": before, "after": after}).loc[list(METRIC_NAMES)]
+        return pd.DataFrame({"untrained": before}).loc[list(SUMMARY_NAMES)]
+    table = pd.DataFrame({"before": before, "after": after}).loc[list(SUMMARY_NAMES)]
     table["change"] = table["after"] - table["before"]
     return table
 

@@ -51,6 +51,13 @@ def parse_completion(text: str) -> tuple[str | None, float | None]:
     return _parse_answer(text), _parse_confidence(text)
 
 
+def confidence_key_start(text: str) -> int | None:
+    """Character offset where the confidence that `parse_completion` reads begins (its key or
+    tag), or None: training uses it to tell the answer tokens from the confidence tokens."""
+    match = _first_match(text, _CONFIDENCE_KEY, _CONFIDENCE_TAG)
+    return None if match is None else match.start()
+
+
 def _first_match(text: str, *patterns: re.Pattern[str]) -> re.Match[str] | None:
     matches = [match for pattern in patterns if (match := pattern.search(text))]
     return min(matches, key=lambda match: match.start(), default=None)

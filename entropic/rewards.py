@@ -80,14 +80,17 @@ class RewardRule:
     needs_stability: bool
     # the dataset must carry a `calibrated_target` column (the entropy_platt pipeline)
     needs_target: bool
+    # the only labeled_fraction the rule is defined for (None: the rule reads the mix; mixed
+    # pays Brier on that share, calibrated fits its Platt scaling on it)
+    labeled_fraction: float | None = None
 
 
 REWARDS: dict[str, RewardRule] = {
-    "brier": RewardRule(brier, needs_stability=False, needs_target=False),
-    "stability": RewardRule(stability_reward, needs_stability=True, needs_target=False),
+    "brier": RewardRule(brier, False, False, labeled_fraction=1.0),
+    "stability": RewardRule(stability_reward, True, False, labeled_fraction=0.0),
     "mixed": RewardRule(mixed, needs_stability=True, needs_target=False),
-    "rlcr": RewardRule(rlcr, needs_stability=False, needs_target=False),
-    "log_score": RewardRule(log_score, needs_stability=False, needs_target=False),
+    "rlcr": RewardRule(rlcr, False, False, labeled_fraction=1.0),
+    "log_score": RewardRule(log_score, False, False, labeled_fraction=1.0),
     "calibrated": RewardRule(calibrated, needs_stability=False, needs_target=True),
 }
 
@@ -99,6 +102,18 @@ def get_rule(name: str) -> RewardRule:
             f"(e.g. reward=mixed)"
         )
     return REWARDS[name]
+
+
+def check_labeled_fraction(cfg: RewardConfig) -> None:
+    """A label mix the chosen rule would ignore is an error, not a silent pure-Brier run."""
+    fixed = get_rule(cfg.name).labeled_fraction
+    if fixed is not None and cfg.labeled_fraction != fixed:
+        raise ValueError(
+            f"reward.labeled_fraction: reward={cfg.name} ignores the label mix and runs as if it "
+            f"were {fixed}, not {cfg.labeled_fraction}. Fix: reward=mixed "
+            f"reward.labeled_fraction={cfg.labeled_fraction} to mix Brier and stability, or drop "
+            "the override"
+        )
 
 
 def mark_labeled(dataset: datasets.Dataset, labeled_fraction: float, seed: int) -> datasets.Dataset:
@@ -155,6 +170,32 @@ def group_stability(
     return everything[offset : offset + len(question_ids)]
 
 
+def confidence_spread(
+    question_ids: Sequence[str], confidence: np.ndarray, correct: np.ndarray
+) -> dict[str, float]:
+    """Signs of the dead end where one confidence is stated for everything, on parsed rows.
+
+    Within a group, equal confidences give equal Brier rewards (zero spread, zero advantage);
+    across questions, equal confidences rank nothing. TRL's own `frac_reward_zero_std` counts the
+    groups whose rewards are all equal. NaN entries (unparsed confidences) are left out; a metric
+    with no rows to average is left out too, since TRL averages what it is given.
+    """
+    parsed = ~np.isnan(confidence)
+    ids = np.asarray(question_ids)[parsed]
+    values, right = confidence[parsed], correct[parsed] > 0
+    by_question = [values[ids == q] for q in dict.fromkeys(ids)]
+    metrics = {
+        "confidence_spread_within_group": float(np.mean([v.std() for v in by_question])),
+        "confidence_spread_across_questions": float(np.std([v.mean() for v in by_question])),
+        "distinct_confidences": float(len(np.unique(values))),
+    }
+    if right.any():
+        metrics["confidence_correct"] = float(values[right].mean())
+    if (~right).any():
+        metrics["confidence_wrong"] = float(values[~right].mean())
+    return metrics
+
+
 class TRLReward:
     """The callable GRPOTrainer gets; its `__name__` is what TRL logs under `rewards/<name>/`."""
 
@@ -206,6 +247,8 @@ class TRLReward:
             log_metric("calibration/labeled_share", float(labeled_mask.mean()))
             if well_formed.any():
                 log_metric("calibration/confidence", float(np.nanmean(confidence[well_formed])))
+                for name, value in confidence_spread(question_id, confidence, correct).items():
+                    log_metric(f"calibration/{name}", value)
             if batch.stability is not None:
                 log_metric("calibration/stability", float(batch.stability.mean()))
         return rewards.astype(float).tolist()

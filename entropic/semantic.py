@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from entropic.config import ConfigError
 from entropic.grading import is_correct, normalize_answer
 
 Answer = str | None
@@ -414,7 +415,7 @@ def _nli_model(model: str, device: str) -> tuple[Any, Any]:
             if _hub_offline()
             else "could not be loaded or downloaded"
         )
-        raise RuntimeError(
+        raise ConfigError(
             f"the nli clustering needs model {model!r} from the hub, and it {where}; run with "
             f"semantic=exact or semantic=embedding offline, or pre-download it "
             f"(hf download {model})"

@@ -1,7 +1,9 @@
-"""GRPO training (the `trainer` config group): our config -> `trl.GRPOConfig` -> `GRPOTrainer`.
+"""GRPO training (the `trainer` and `adapter` config groups): our config -> `trl.GRPOConfig` ->
+`GRPOTrainer`.
 
-Nothing here subclasses the trainer: the rewards are plain callables, MLflow logging and the
-periodic held-out evaluation are documented `TrainerCallback` hooks.
+Nothing here subclasses the trainer; everything goes through TRL's documented hooks: the rewards
+are plain callables, LoRA is `peft_config`, the confidence-only loss is a `rollout_func` that
+returns an `env_mask`, MLflow logging and the periodic held-out evaluation are `callbacks`.
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ from pathlib import Path
 import datasets
 import torch
 from mlflow.tracking import MlflowClient
+from peft import LoraConfig
+from torch import nn
 from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
-from entropic.config import EvalConfig, PromptConfig, RunConfig
+from entropic.config import AdapterConfig, EvalConfig, PromptConfig, RunConfig
 from entropic.evaluate import evaluate
+from entropic.parsing import confidence_key_start
 from entropic.rollout import grpo_kwargs
 from entropic.tracking import MlflowMetricsCallback, log_metrics
 
@@ -39,6 +44,11 @@ def build_grpo_config(
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         loss_type=t.loss_type,
         scale_rewards=t.scale_rewards,
+        adam_beta1=t.adam_beta1,
+        adam_beta2=t.adam_beta2,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_ratio,
+        gradient_checkpointing=t.gradient_checkpointing,
         logging_steps=t.logging_steps,
         save_strategy="steps" if t.save_steps > 0 else "no",
         save_steps=max(t.save_steps, 1),
@@ -56,7 +66,103 @@ def build_grpo_config(
         disable_tqdm=False,
         # hf generation, or vLLM colocated / as a server (entropic/rollout.py)
         **grpo_kwargs(cfg.rollout),
+        # anything else of GRPOConfig's, as the user passed it (trainer.grpo.<field>)
+        **t.grpo,
     )
+
+
+def peft_config(adapter: AdapterConfig) -> LoraConfig | None:
+    """TRL's `peft_config` for the adapter (None: full fine-tuning)."""
+    if adapter.name != "lora":
+        return None
+    return LoraConfig(
+        r=adapter.rank,
+        lora_alpha=adapter.alpha,
+        lora_dropout=adapter.dropout,
+        target_modules=adapter.target_modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+def check_target_modules(adapter: AdapterConfig, checkpoint: str) -> None:
+    """Reject LoRA target modules the model does not have, without loading any weights.
+
+    The architecture is built on the meta device from the checkpoint's config.json, so this costs
+    milliseconds; peft itself would only fail after the weights had loaded. Names are matched by
+    peft's own rule (a list entry matches a module's name or its dotted suffix; a string other
+    than "all-linear" is a regular expression over the full name).
+    """
+    if adapter.name != "lora" or adapter.target_modules == "all-linear":
+        return
+    from peft.tuners.tuners_utils import check_target_module_exists
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(checkpoint))
+    names = [name for name, _ in model.named_modules()]
+    wanted = adapter.target_modules
+    entries = [wanted] if isinstance(wanted, str) else list(wanted)
+    missing = [
+        entry
+        for entry in entries
+        if not any(
+            check_target_module_exists(
+                LoraConfig(target_modules=entry if isinstance(wanted, str) else [entry]), name
+            )
+            for name in names
+        )
+    ]
+    if missing:
+        linear = sorted(
+            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+        )
+        kind = "regular expression (a string) matches" if isinstance(wanted, str) else "module is"
+        raise ValueError(
+            f"adapter.target_modules: no {kind} named by {missing} in this model. Fix: "
+            f"adapter.target_modules=all-linear, or a list of names from {linear}, e.g. "
+            f"'adapter.target_modules=[{linear[0]}]'"
+        )
+
+
+def confidence_mask(completion_ids: list[int], tokenizer) -> list[int]:
+    """1 for the tokens from the `Confidence` key on, 0 for the answer before it.
+
+    The key is found as `parse_completion` finds it (`confidence_key_start`), so an answer that
+    merely contains the word ("The Confidence-Man") stays masked. A completion without the key
+    keeps every token (1), so the format penalty still teaches the format.
+    """
+    key_start = confidence_key_start(tokenizer.decode(completion_ids))
+    if key_start is None:
+        return [1] * len(completion_ids)
+    # the first token whose decoded prefix reaches past the key's first character
+    start = next(
+        end - 1
+        for end in range(1, len(completion_ids) + 1)
+        if len(tokenizer.decode(completion_ids[:end])) > key_start
+    )
+    return [0] * start + [1] * (len(completion_ids) - start)
+
+
+def confidence_only_rollout(prompts: list, trainer: GRPOTrainer) -> dict:
+    """TRL `rollout_func` for `trainer.loss_tokens=confidence`: generate exactly as TRL does
+    without one (hf or vLLM), then return an `env_mask` that keeps the answer tokens out of the
+    loss, TRL's documented way to mask tokens the policy should not be trained on.
+
+    Generation calls TRL 1.16's own `_tokenize_prompts` and `_generate_single_turn` (trl is
+    pinned to 1.16.*), so rollouts are the same with and without the mask. The prompts arrive
+    already repeated G times by TRL's RepeatSampler: one completion per prompt is the right count.
+    """
+    prompt_ids, images, multimodal_fields = trainer._tokenize_prompts(prompts)
+    completion_ids, logprobs = trainer._generate_single_turn(
+        prompt_ids, images, multimodal_fields, trainer.num_generations
+    )
+    tokenizer = trainer.processing_class
+    return {
+        "prompt_ids": prompt_ids,
+        "completion_ids": completion_ids,
+        "logprobs": logprobs,
+        "env_mask": [confidence_mask(ids, tokenizer) for ids in completion_ids],
+    }
 
 
 class PeriodicEvalCallback(TrainerCallback):
@@ -125,6 +231,8 @@ def build_trainer(
         train_dataset=train_dataset,
         processing_class=tokenizer,
         callbacks=callbacks,
+        peft_config=peft_config(cfg.adapter),
+        rollout_func=confidence_only_rollout if cfg.trainer.loss_tokens == "confidence" else None,
     )
 
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
+import torch
+from omegaconf import OmegaConf
 
+from entropic import models
 from entropic.config import ConfigError, RunConfig
 from entropic.job import prepare
-from tests.conftest import compose_config
+from entropic.training import build_grpo_config
+from tests.conftest import CONF_DIR, compose_config
 
 EXPERIMENTS = sorted(
     p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml")
@@ -53,6 +58,22 @@ def test_reference_runs_have_the_reference_settings(
         ("trainer.epochs=0", "trainer.epochs"),  # nothing to train
         ("trainer.epochs=-1", "trainer.epochs"),
         ("compute.device=tpu", "compute.device"),
+        ("adapter.rank=0", "adapter.rank"),  # a rank-0 adapter has no weights
+        ("adapter.rank=-4", "adapter.rank"),
+        ("adapter.alpha=0", "adapter.alpha"),  # alpha / rank = 0 scales every update away
+        ("adapter.dropout=1.0", "adapter.dropout"),  # drops the whole adapter input
+        ("adapter.target_modules=[]", "adapter.target_modules"),  # adapters on nothing
+        ("reward.format_penalty=nan", "reward.format_penalty"),  # NaN rewards poison advantages
+        ("trainer.learning_rate=inf", "trainer.learning_rate"),  # inf passes `> 0`, not finite
+        ("trainer.adam_beta2=1.0", "trainer.adam_beta2"),  # the second moment would never move
+        ("trainer.loss_tokens=answers", "trainer.loss_tokens"),  # only all | confidence
+        ("+trainer.grpo.not_a_field=1", "trainer.grpo"),  # a typo TRL would only hit later
+        ("+trainer.grpo.seed=3", "trainer.grpo"),  # entropic sets the seed from `seed`
+        # every float key of every section rejects nan and inf, not only the ones listed above
+        ("eval.batch_size=nan", "eval.batch_size"),  # a float where an int belongs, and nan
+        ("trainer.temperature=inf", "trainer.temperature"),  # passes `> 0`
+        ("reward.log_score_floor=nan", "reward.log_score_floor"),
+        ("trainer.top_p=nan", "trainer.top_p"),  # a key with no range check of its own
     ],
 )
 def test_bad_values_name_the_key_and_the_fix(override, key):
@@ -78,6 +99,43 @@ def test_prepare_rejects_unknown_names_and_missing_files(overrides, expected, tm
     assert expected in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "accepted"),
+    [
+        (["reward=brier", "reward.labeled_fraction=0.5"], False),  # would run as pure Brier
+        (["reward=stability", "reward.labeled_fraction=0.5"], False),  # as pure stability
+        (["reward=rlcr", "reward.labeled_fraction=0.25"], False),
+        (["reward=brier"], True),  # the group's own 1.0
+        (["reward=stability"], True),  # the group's own 0.0
+        (["reward=mixed", "reward.labeled_fraction=0.25"], True),  # mixed reads the mix
+    ],
+)
+def test_a_label_mix_the_reward_ignores_is_rejected(overrides, accepted, tmp_path):
+    cfg = compose_config(overrides, tmp_path)
+    if accepted:
+        prepare(cfg)
+        return
+    with pytest.raises(ConfigError) as err:
+        prepare(cfg)
+    # why: the message names the key and the reward that reads it
+    assert "reward.labeled_fraction" in str(err.value) and "reward=mixed" in str(err.value)
+
+
+def test_a_loader_bug_is_not_reported_as_bad_input(tmp_path, monkeypatch):
+    # why: only rejected input exits 2 without a traceback; a bug (here: a loader whose eval
+    # questions leak into training, which data/__init__.py raises as RuntimeError) must keep its
+    # type and traceback so the run ends FAILED, not "bad config"
+    import entropic.job
+
+    def leaking_loader(*args, **kwargs):
+        raise RuntimeError("data=geo: train and eval share question_ids ['q1']")
+
+    monkeypatch.setattr(entropic.job, "load_questions", leaking_loader)
+    with pytest.raises(RuntimeError) as err:
+        prepare(compose_config([], tmp_path))
+    assert not isinstance(err.value, ConfigError)
+
+
 def test_model_local_path_is_required():
     with pytest.raises(ConfigError, match="model.path"):
         RunConfig.from_hydra(compose_config(["model=local"]))
@@ -96,3 +154,127 @@ def test_cpu_profile_scales_down_but_keeps_the_pool(tmp_path):
     )
     # why: the labeled subset is a seeded share of the questions actually trained on
     assert sum(prepared.train["labeled"]) == round(0.5 * scale.train_questions)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "adapter.learning_rate=0",
+        "adapter.learning_rate=nan",
+    ],
+)
+def test_a_bad_adapter_learning_rate_names_the_adapter_key(override):
+    # why: the user set adapter.learning_rate; trainer.learning_rate only follows it
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_hydra(compose_config([override]))
+    assert "adapter.learning_rate" in str(err.value) and "Fix:" in str(err.value)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_with_full_fine_tuning(experiment):
+    config = RunConfig.from_hydra(compose_config([f"+experiment={experiment}", "adapter=full"]))
+    assert config.adapter.name == "full"
+
+
+def adapter_yaml(name: str):
+    return OmegaConf.load(f"{CONF_DIR}/adapter/{name}.yaml")
+
+
+LEARNING_RATE_CASES = [
+    # (overrides, adapter, expected trainer.learning_rate, why)
+    ([], "lora", adapter_yaml("lora").learning_rate, "LoRA is the default, with its own rate"),
+    (["adapter=full"], "full", adapter_yaml("full").learning_rate, "full brings its own rate"),
+    (["adapter.learning_rate=3e-3"], "lora", 3e-3, "the trainer follows the adapter's rate"),
+    (["trainer.learning_rate=3e-3"], "lora", 3e-3, "one override away from the adapter's"),
+]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "adapter", "learning_rate"),
+    [case[:3] for case in LEARNING_RATE_CASES],
+    ids=[case[3] for case in LEARNING_RATE_CASES],
+)
+def test_the_learning_rate_follows_the_adapter(overrides, adapter, learning_rate):
+    config = RunConfig.from_hydra(compose_config(overrides))
+    assert config.adapter.name == adapter
+    assert config.trainer.learning_rate == learning_rate
+
+
+def test_trainer_grpo_reaches_grpo_config(tmp_path):
+    config = RunConfig.from_hydra(compose_config(["+trainer.grpo.max_grad_norm=0.5"]))
+    args = build_grpo_config(config, str(tmp_path), "cpu", torch.float32)
+    assert args.max_grad_norm == 0.5
+
+
+TARGET_MODULE_CASES = [
+    # (target_modules override, accepted, why)
+    ("[q_proj,nonexistent_proj]", False, "a module the Llama does not have"),
+    ("[q_proj,v_proj]", True, "the attention projections the original LoRA paper adapted"),
+    ("[gate_proj,up_proj,down_proj]", True, "the MLP projections"),
+]
+
+
+@pytest.mark.parametrize(
+    ("target_modules", "accepted"),
+    [case[:2] for case in TARGET_MODULE_CASES],
+    ids=[case[2] for case in TARGET_MODULE_CASES],
+)
+def test_prepare_checks_lora_target_modules(
+    target_modules, accepted, tmp_path, embedded_checkpoint
+):
+    cfg = compose_config(
+        ["model=tiny_random", f"adapter.target_modules={target_modules}"], tmp_path
+    )
+    if accepted:
+        assert prepare(cfg).config.adapter.target_modules == target_modules[1:-1].split(",")
+        return
+    with pytest.raises(ConfigError) as err:
+        prepare(cfg)
+    assert "adapter.target_modules" in str(err.value) and "nonexistent_proj" in str(err.value)
+    assert "Fix:" in str(err.value)
+
+
+@pytest.fixture
+def weightless_checkpoint(tmp_path, embedded_checkpoint) -> str:
+    """The tiny model's config.json and nothing else: any weight load from it fails."""
+    tiny = models.resolve_checkpoint(
+        RunConfig.from_hydra(compose_config(["model=tiny_random"])).model
+    )
+    folder = tmp_path / "weightless"
+    folder.mkdir()
+    shutil.copy(f"{tiny}/config.json", folder / "config.json")
+    return str(folder)
+
+
+@pytest.mark.parametrize(
+    ("target_modules", "accepted"),
+    [("[q_proj,nonexistent_proj]", False), ("[q_proj,v_proj]", True)],
+)
+def test_the_target_module_check_loads_no_weights(
+    target_modules, accepted, weightless_checkpoint, tmp_path
+):
+    # why: the check builds the architecture from config.json on the meta device, so it runs
+    # (and decides) on a checkpoint that has no weights at all
+    overrides = [
+        "model=local",
+        f"model.path={weightless_checkpoint}",
+        f"adapter.target_modules={target_modules}",
+    ]
+    cfg = compose_config(overrides, tmp_path)
+    if accepted:
+        prepare(cfg)
+        return
+    with pytest.raises(ConfigError, match="adapter.target_modules"):
+        prepare(cfg)
+
+
+def test_prepare_accepts_a_dotted_module_name(tmp_path, embedded_checkpoint):
+    # why: peft matches a target to any module whose name ends with ".<target>", so
+    # self_attn.q_proj adapts q_proj in every layer (the tiny model takes it: 512 weights at r=2)
+    overrides = ["model=tiny_random", "adapter.target_modules=[self_attn.q_proj]"]
+    prepare(compose_config(overrides, tmp_path))
+
+
+def test_a_single_module_name_string_is_rejected_early(tmp_path, embedded_checkpoint):
+    with pytest.raises(ConfigError, match="adapter.target_modules"):
+        prepare(compose_config(["model=tiny_random", "adapter.target_modules=q_proj"], tmp_path))
