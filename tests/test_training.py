@@ -1,4 +1,5 @@
-"""A real GRPOTrainer on a tiny model: two steps change the weights and give finite losses."""
+"""A real GRPOTrainer on a tiny model: two steps change the weights, give finite losses, and log
+what our reward gave."""
 
 from __future__ import annotations
 
@@ -28,6 +29,11 @@ QUESTIONS = {
 }
 
 
+# Outside [0, 1], where mixed's Brier and stability scores lie: seen in TRL's logs, it can only be
+# our reward's format penalty.
+FORMAT_PENALTY = -0.375
+
+
 def test_two_grpo_steps_on_a_tiny_model_change_the_weights(tmp_path, embedded_checkpoint):
     cfg = compose_config(
         [
@@ -40,6 +46,7 @@ def test_two_grpo_steps_on_a_tiny_model_change_the_weights(tmp_path, embedded_ch
             "trainer.learning_rate=1e-2",
             "trainer.save_steps=0",
             "reward.labeled_fraction=0.5",
+            f"reward.format_penalty={FORMAT_PENALTY}",
         ],
         tmp_path,
     )
@@ -75,5 +82,11 @@ def test_two_grpo_steps_on_a_tiny_model_change_the_weights(tmp_path, embedded_ch
     assert losses and all(math.isfinite(v) for v in losses)
     changed = [n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])]
     assert changed, "no parameter moved after two GRPO steps"
-    # why: TRL logs each reward function under its registry name
-    assert any("rewards/mixed/mean" in h for h in trainer.state.log_history)
+    # why: TRL logs each reward under its registry name, and what ours gave each step is the
+    # format penalty for every completion (mean the penalty, no spread); our reward's own
+    # metrics agree that nothing parsed
+    logged = [h for h in trainer.state.log_history if "rewards/mixed/mean" in h]
+    assert len(logged) == 2
+    for entry in logged:
+        assert (entry["rewards/mixed/mean"], entry["rewards/mixed/std"]) == (FORMAT_PENALTY, 0.0)
+        assert (entry["calibration/format_rate"], entry["calibration/accuracy"]) == (0.0, 0.0)
