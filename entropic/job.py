@@ -3,6 +3,10 @@
 `run(cfg)` is what `python -m entropic.run` calls after Hydra composes the config, and what the
 tests call. Everything that can be wrong with a config is checked before any model loads, and no
 MLflow run is created for a config that is rejected.
+
+Rerunning a job's folder (`hydra.run.dir=<folder>`) reopens the MLflow run that folder's job
+opened, whatever stopped it: training resumes from the newest checkpoint, or starts again from
+step 0 if there is none. A FINISHED run is left untouched.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ import datasets
 import pandas as pd
 import torch
 from accelerate import PartialState
+from mlflow.entities import Run, RunStatus
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 from transformers.integrations import is_deepspeed_zero3_enabled
 
@@ -114,14 +121,26 @@ def train_job(cfg: DictConfig) -> RunResult:
     config, device = prepared.config, prepared.device
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    run_id_file = output_dir / RUN_ID_FILE
-    resume_from = last_checkpoint(str(output_dir)) if run_id_file.exists() else None
+    # A rerun of the folder continues the MLflow run an earlier job there opened: from its newest
+    # checkpoint, or from step 0 when it was stopped before the first one.
+    earlier = earlier_run(config.tracking.tracking_uri, output_dir)
+    resume_from = last_checkpoint(str(output_dir)) if earlier else None
     # Initialised here with the job's device, so a CPU launch gets gloo; GRPOTrainer reuses it.
     # The timeout is transformers' ddp_timeout: the other ranks wait while rank 0 evaluates.
     state = PartialState(cpu=device == "cpu", timeout=timedelta(seconds=1800))
+    if earlier and earlier.info.status == RunStatus.to_string(RunStatus.FINISHED):
+        if state.is_main_process:
+            print(
+                f"run {earlier.info.run_id} in {output_dir} is already FINISHED; nothing to do "
+                "(to train again, run it in a new folder)"
+            )
+        client = tracking.get_client(config.tracking.tracking_uri)
+        return logged_result(client, earlier, output_dir, time.perf_counter() - started)
     if not state.is_main_process:
         train_on_other_rank(prepared, output_dir, resume_from)
         return RunResult("", {}, {}, str(output_dir), time.perf_counter() - started)
+    if earlier:
+        print(reopening_note(earlier, output_dir, resume_from, config.train))
 
     client = tracking.get_client(config.tracking.tracking_uri)
     tags = {
@@ -140,11 +159,12 @@ def train_job(cfg: DictConfig) -> RunResult:
         config.tracking.experiment_name,
         config.tracking.run_name,
         tags,
-        resume_run_id=run_id_file.read_text().strip() if resume_from else None,
+        resume_run_id=earlier.info.run_id if earlier else None,
         parent_run_id=config.tracking.parent_run_id,
     ) as run_id:
-        run_id_file.write_text(run_id)
-        if not resume_from:
+        (output_dir / RUN_ID_FILE).write_text(run_id)
+        # a reopened run has its config already (and evaluate_base reuses its step-0 evaluation)
+        if not earlier:
             tracking.log_config(client, run_id, cfg)
             tracking.log_params(
                 client,
@@ -161,7 +181,7 @@ def train_job(cfg: DictConfig) -> RunResult:
         tokenizer = models.load_tokenizer(checkpoint)
         dtype = models.torch_dtype(config.model, device)
         before_table, before = evaluate_base(
-            prepared, checkpoint, tokenizer, dtype, client, run_id, resumed=bool(resume_from)
+            prepared, checkpoint, tokenizer, dtype, client, run_id, resumed=bool(earlier)
         )
         if get_rule(config.reward.name).needs_target:
             prepared.train = add_calibrated_target(
@@ -185,6 +205,56 @@ def train_job(cfg: DictConfig) -> RunResult:
         client.log_text(run_id, summary.to_markdown(), "summary.md")
         print_summary(config, summary, run_id, client.tracking_uri)
     return RunResult(run_id, before, after, str(output_dir), time.perf_counter() - started)
+
+
+def earlier_run(tracking_uri: str | None, output_dir: Path) -> Run | None:
+    """The MLflow run an earlier job in this folder opened (its id is in RUN_ID_FILE), if any.
+
+    Every rank asks, so that all of them skip a finished run; only a folder with a run id opens
+    the store, so the ranks of a new job never race to create a fresh sqlite store.
+    """
+    run_id_file = output_dir / RUN_ID_FILE
+    if not run_id_file.exists():
+        return None
+    run_id = run_id_file.read_text().strip()
+    client = tracking.get_client(tracking_uri)
+    try:
+        return client.get_run(run_id)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise ConfigError(
+            f"output_dir: {output_dir} belongs to MLflow run {run_id}, which is not in "
+            f"{client.tracking_uri}. Fix: rerun with the tracking.tracking_uri it was logged to, "
+            "or in a new folder"
+        ) from err
+
+
+def reopening_note(earlier: Run, output_dir: Path, resume_from: str | None, train: bool) -> str:
+    """The line a rerun prints before it reopens the folder's run: where training starts."""
+    note = f"run {earlier.info.run_id} in {output_dir} ended {earlier.info.status}; reopening it"
+    if not train:
+        return note
+    if resume_from:
+        return f"{note}, resuming from {Path(resume_from).name}"
+    return f"{note}; no checkpoint found, so training starts again from step 0"
+
+
+def logged_result(client: MlflowClient, run: Run, output_dir: Path, seconds: float) -> RunResult:
+    """A finished run's result as its job returned it, from MLflow: the eval/* metrics at step 0
+    (before training) and, when it trained, at its last step (after)."""
+    names = [name for name in run.data.metrics if name.startswith("eval/")]
+    before = {
+        name.removeprefix("eval/"): metric.value
+        for name in names
+        for metric in client.get_metric_history(run.info.run_id, name)
+        if metric.step == 0
+    }
+    trained = run.data.tags.get("trained") == "True"
+    after = (
+        {name.removeprefix("eval/"): run.data.metrics[name] for name in names} if trained else {}
+    )
+    return RunResult(run.info.run_id, before, after, str(output_dir), seconds)
 
 
 def evaluate_base(prepared, checkpoint, tokenizer, dtype, client, run_id, resumed: bool):
