@@ -59,6 +59,9 @@ def apply_cpu_scale(cfg: RunConfig, device: str) -> tuple[RunConfig, dict[str, s
     # Keep whole groups in a batch after shrinking either number.
     batch = max(trainer.num_generations, batch - batch % trainer.num_generations)
     trainer = dataclasses.replace(trainer, per_device_train_batch_size=batch)
+    if scale.temperature is not None and trainer.temperature > scale.temperature:
+        changes["trainer.temperature"] = f"{trainer.temperature} -> {scale.temperature}"
+        trainer = dataclasses.replace(trainer, temperature=scale.temperature)
     data = dataclasses.replace(
         cfg.data, eval_size=capped("data.eval_size", cfg.data.eval_size, scale.eval_questions)
     )

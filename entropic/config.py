@@ -374,6 +374,17 @@ class CpuScale:
     per_device_train_batch_size: int
     # completion length cap on CPU
     max_completion_length: int
+    # rollout temperature cap on CPU (None: the trainer's own); SmolLM2-135M's sampled answers
+    # fall apart at 1.0 (experiments/lora_recipe/README.md)
+    temperature: float | None = None
+
+    def __post_init__(self) -> None:
+        _require(
+            self.temperature is None or self.temperature > 0,
+            "compute.cpu_scale.temperature",
+            "must be > 0",
+            "e.g. 0.7, or null for the trainer's own",
+        )
 
 
 @dataclass

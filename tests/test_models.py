@@ -64,3 +64,18 @@ def test_config_and_builder_know_the_same_shapes():
 def test_unknown_random_shape_names_the_key():
     with pytest.raises(ConfigError, match="model.shape"):
         RunConfig.from_hydra(compose_config(["model=tiny_random", "model.shape=huge"]))
+
+
+def test_auto_dtype_on_cpu_follows_the_probe_and_cuda_is_bf16():
+    # why: auto must resolve to a dtype a CPU run can train in, the same one every time in a
+    # process (the probe is cached), and to bf16 on CUDA whatever the CPU probe says
+    from entropic.config import ModelConfig
+    from entropic.models import cpu_bf16_is_faster, dtype_name
+
+    auto = ModelConfig(name="x", source="random", dtype="auto")
+    expected = "bfloat16" if cpu_bf16_is_faster() else "float32"
+    assert dtype_name(auto, "cpu") == expected == dtype_name(auto, "cpu")
+    assert cpu_bf16_is_faster.cache_info().hits >= 1
+    assert dtype_name(auto, "cuda") == "bfloat16"
+    # why: an explicit dtype is never second-guessed
+    assert dtype_name(ModelConfig(name="x", source="random", dtype="float32"), "cpu") == "float32"
