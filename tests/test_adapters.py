@@ -261,15 +261,16 @@ def test_confidence_mask_starts_at_the_key(tokenizer, completion, before_key):
 
 def test_confidence_mask_in_the_tag_format(tokenizer):
     # "</answer><confidence>" tokenises as ... </ | answer | >< | confidence | ...: the "<" of the
-    # tag shares a token with the answer's closing ">", so the mask starts at "confidence" and
-    # the "><" token stays with the answer.
+    # tag shares a token with the answer's closing ">". The mask starts at the first token that
+    # holds any of the key (the parser's tag match), so the "><" token is trained with the key:
+    # it carries no answer content, only the format.
     ids = tokenizer.encode(
         "<answer>Paris</answer><confidence>80</confidence>", add_special_tokens=False
     )
     mask = confidence_mask(ids, tokenizer)
     start = mask.count(0)
-    assert tokenizer.decode(ids[:start]) == "<answer>Paris</answer><"
-    assert tokenizer.decode(ids[start:]) == "confidence>80</confidence>"
+    assert tokenizer.decode(ids[:start]) == "<answer>Paris</answer"
+    assert tokenizer.decode(ids[start:]) == "><confidence>80</confidence>"
 
 
 def test_confidence_mask_ignores_the_word_inside_an_answer(tokenizer):

@@ -2,8 +2,9 @@
 
 - The rewards of a batch whose G completions straddle the two ranks equal one process's rewards
   on the whole batch, and the hand-worked values (tests/distributed_rewards.py).
-- The real CLI as two ranks (the command every rank of `compute=multi_gpu` runs), on the tiny
-  model: GRPO steps in step on both ranks, and rank 0 alone records one MLflow run.
+- The real CLI as two ranks (the command every rank of `compute=multi_gpu` runs), on the embedded
+  SmolLM2, whose answers parse, so the reward's cross-rank stability gather sees real answers:
+  GRPO steps in step on both ranks, and rank 0 alone records one MLflow run.
 """
 
 from __future__ import annotations
@@ -57,8 +58,7 @@ def test_groups_split_across_ranks_get_the_single_process_rewards(tmp_path):
     assert mixed == pytest.approx(whole["mixed"])
 
 
-TINY_SMOKE = [
-    "model=tiny_random",
+TWO_RANK_SMOKE = [
     "compute=cpu",
     "compute.cpu_scale.train_questions=8",
     "compute.cpu_scale.eval_questions=8",
@@ -69,14 +69,14 @@ TINY_SMOKE = [
 ]
 
 
-@pytest.mark.slow  # ~80 s: two ranks each import the stack on two shared cores
+@pytest.mark.slow  # two ranks each load the stack and SmolLM2 on two shared cores
 def test_two_rank_cli_trains_in_step_and_records_one_run(tmp_path, mlflow_uri, embedded_checkpoint):
     done = torchrun(
         [
             "-m",
             "entropic.run",
             "+experiment=scarce_mixed",
-            *TINY_SMOKE,
+            *TWO_RANK_SMOKE,
             f"hydra.run.dir={tmp_path / 'run'}",
         ],
         env={"MLFLOW_TRACKING_URI": mlflow_uri},
@@ -92,4 +92,8 @@ def test_two_rank_cli_trains_in_step_and_records_one_run(tmp_path, mlflow_uri, e
     # why: TRL logs the reward of the whole (gathered) batch at every step from rank 0
     history = client.get_metric_history(run.info.run_id, "train/rewards/mixed/mean")
     assert [m.step for m in history] == [1, 2]
+    # why: the embedded model's answers parse, so the gathered stability was computed on real
+    # answers (a model whose answers never parse gives every group the same trivial clusters)
+    parsed = client.get_metric_history(run.info.run_id, "train/calibration/format_rate")
+    assert max(m.value for m in parsed) > 0
     assert (tmp_path / "run" / "mlflow_run_id.txt").read_text() == run.info.run_id
