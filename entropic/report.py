@@ -146,6 +146,10 @@ def metric_history(client: MlflowClient, run_id: str) -> pd.DataFrame:
     return pd.DataFrame(columns).sort_index()
 
 
+# params that differ between two runs of the same point: where it ran and what it was called
+RUN_SPECIFIC_PARAMS = frozenset({"output_dir", "tracking.run_name", "tracking.parent_run_id"})
+
+
 def load_sweep(client: MlflowClient, parent_run_ids: list[str]) -> SweepRuns:
     """The finished children of these parent runs; of runs at the same point (the same config
     values, seed included), the newest."""
@@ -171,7 +175,9 @@ def load_sweep(client: MlflowClient, parent_run_ids: list[str]) -> SweepRuns:
             "trained": params["train"] == "True",
             "prompt": params["prompt.name"],
         }
-        key = tuple(point.values())
+        # every config value separates conditions (reward=brier and reward=rlcr at one seed are
+        # two conditions), except what differs between two runs of one point
+        key = tuple(sorted((k, v) for k, v in params.items() if k not in RUN_SPECIFIC_PARAMS))
         if key in seen:
             superseded.append(f"{child.info.run_name} ({run_id})")
             continue

@@ -213,7 +213,7 @@ def logged_sweep(client: MlflowClient, experiment_id: str, started: int, points)
     """A sweep as entropic.sweeps and entropic.job leave it in MLflow: a parent run, and a child
     per point with the params the report reads and eval/* before (step 0) and after (step 4)."""
     parent = client.create_run(experiment_id, start_time=started, tags={SWEEP_TAG: "mix_ratio"})
-    for i, (seed, fraction, accuracy, status) in enumerate(points, start=1):
+    for i, (seed, fraction, accuracy, status, *more) in enumerate(points, start=1):
         child = client.create_run(
             experiment_id,
             start_time=started + i,
@@ -231,6 +231,7 @@ def logged_sweep(client: MlflowClient, experiment_id: str, started: int, points)
             "eval.periodic_size": 100,
             "train": True,
             "prompt.name": "default",
+            **(more[0] if more else {}),
         }
         for key, value in params.items():
             client.log_param(run_id, key, str(value))
@@ -271,3 +272,24 @@ def test_sweeps_merge_with_the_newest_run_of_each_condition_and_seed(tmp_path):
     alone = load_sweep(client, [first])
     assert alone.runs.set_index("seed")["after/accuracy"].to_dict() == {0: 0.10, 1: 0.20}
     assert alone.superseded == []
+
+
+def test_points_that_differ_in_any_config_value_are_separate_conditions(tmp_path):
+    # why: the key that tells runs apart once had no reward name, so a sweep of brier against
+    # rlcr at one seed marked one run "superseded" by the other; every config value counts now
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment_id = client.create_experiment("mix_ratio")
+    parent = logged_sweep(
+        client,
+        experiment_id,
+        1_000,
+        [
+            (0, 1.0, 0.10, "FINISHED", {"reward.name": "brier", "output_dir": "outputs/a"}),
+            (0, 1.0, 0.20, "FINISHED", {"reward.name": "rlcr", "output_dir": "outputs/b"}),
+            # the same point as the first, run again into another folder: superseded
+            (0, 1.0, 0.30, "FINISHED", {"reward.name": "brier", "output_dir": "outputs/c"}),
+        ],
+    )
+    runs = load_sweep(client, [parent])
+    assert sorted(runs.runs["after/accuracy"]) == [0.20, 0.30]
+    assert [name.split(" ")[0] for name in runs.superseded] == ["lf1.0-seed0-1000"]
