@@ -223,8 +223,10 @@ GRPO_FIELDS_WE_SET = frozenset(
         "seed",
         "data_seed",
         "remove_unused_columns",
+        "save_total_limit",
+        "disable_tqdm",
+        "warmup_steps",
         "use_vllm",
-        "vllm_mode",
     }
 )
 
@@ -303,6 +305,8 @@ class TrainerConfig:
             "e.g. trainer.warmup_ratio=0.1",
         )
         owned = {f.name for f in dataclasses.fields(self)} | GRPO_FIELDS_WE_SET
+        # vllm_* fields come from the rollout group (entropic.rollout.grpo_kwargs)
+        owned |= {key for key in self.grpo if key.startswith("vllm_")}
         _require(
             not (set(self.grpo) & owned),
             "trainer.grpo",

@@ -69,6 +69,8 @@ def test_reference_runs_have_the_reference_settings(
         ("trainer.loss_tokens=answers", "trainer.loss_tokens"),  # only all | confidence
         ("+trainer.grpo.not_a_field=1", "trainer.grpo"),  # a typo TRL would only hit later
         ("+trainer.grpo.seed=3", "trainer.grpo"),  # entropic sets the seed from `seed`
+        ("+trainer.grpo.vllm_mode=server", "trainer.grpo"),  # the rollout group's business
+        ("+trainer.grpo.warmup_steps=3", "trainer.grpo"),  # set from trainer.warmup_ratio
         # every float key of every section rejects nan and inf, not only the ones listed above
         ("eval.batch_size=nan", "eval.batch_size"),  # a float where an int belongs, and nan
         ("trainer.temperature=inf", "trainer.temperature"),  # passes `> 0`
