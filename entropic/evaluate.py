@@ -20,7 +20,13 @@ from tqdm.auto import tqdm
 
 from entropic.config import EvalConfig, PromptConfig
 from entropic.grading import is_correct
-from entropic.metrics import auroc, brier_score, calibration_gap, expected_calibration_error
+from entropic.metrics import (
+    auroc,
+    brier_score,
+    calibration_gap,
+    discrimination,
+    expected_calibration_error,
+)
 from entropic.parsing import parse_completion
 from entropic.prompting import build_messages
 
@@ -111,7 +117,7 @@ def summarize(predictions: pd.DataFrame) -> dict[str, float]:
         return metrics
     confidences = parsed["confidence"].to_numpy(float)
     correct = parsed["correct"].to_numpy(int)
-    metrics.update(discrimination(confidences, correct.astype(bool)))
+    metrics.update(discrimination(confidences, correct))
     metrics.update(
         confidence=float(np.mean(confidences)),
         calibration_gap=calibration_gap(confidences, correct),
@@ -120,21 +126,6 @@ def summarize(predictions: pd.DataFrame) -> dict[str, float]:
         auroc=auroc(confidences, correct),
     )
     return metrics
-
-
-def discrimination(confidences: np.ndarray, correct: np.ndarray) -> dict[str, float]:
-    """Mean confidence on right and on wrong answers (NaN when there are none), and how many
-    distinct confidence values were stated."""
-
-    def mean(values: np.ndarray) -> float:
-        return float(values.mean()) if values.size else math.nan
-
-    correct = np.asarray(correct, bool)
-    return {
-        "confidence_correct": mean(confidences[correct]),
-        "confidence_wrong": mean(confidences[~correct]),
-        "distinct_confidences": float(len(np.unique(confidences))),
-    }
 
 
 def evaluate(

@@ -7,6 +7,7 @@ calibration error is computed from the same bins a reliability diagram draws. `b
 and `mean_ci` put intervals on any of them, across questions and across seeds respectively.
 """
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -84,6 +85,22 @@ def calibration_gap(confidences: ArrayLike, correct: ArrayLike) -> float:
     """Mean confidence minus accuracy: positive is overconfident, negative underconfident."""
     confidences, correct = _validated(confidences, correct)
     return float(confidences.mean() - correct.mean())
+
+
+def discrimination(confidences: ArrayLike, correct: ArrayLike) -> dict[str, float]:
+    """Mean confidence on right and on wrong answers (NaN when there are none), and how many
+    distinct confidence values were stated: whether the confidence separates the two, or is one
+    number said to everything."""
+    confidences, correct = np.asarray(confidences, float), np.asarray(correct, bool)
+
+    def mean(values: np.ndarray) -> float:
+        return float(values.mean()) if values.size else math.nan
+
+    return {
+        "confidence_correct": mean(confidences[correct]),
+        "confidence_wrong": mean(confidences[~correct]),
+        "distinct_confidences": float(len(np.unique(confidences))),
+    }
 
 
 def pearson_r(x: ArrayLike, y: ArrayLike) -> float:

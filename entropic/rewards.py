@@ -33,6 +33,7 @@ from accelerate.utils import gather_object
 
 from entropic.config import RewardConfig
 from entropic.grading import is_correct
+from entropic.metrics import discrimination
 from entropic.parsing import parse_completion
 from entropic.semantic import cluster_groups, stability
 
@@ -184,16 +185,12 @@ def confidence_spread(
     ids = np.asarray(question_ids)[parsed]
     values, right = confidence[parsed], correct[parsed] > 0
     by_question = [values[ids == q] for q in dict.fromkeys(ids)]
-    metrics = {
+    split = discrimination(values, right)
+    return {
         "confidence_spread_within_group": float(np.mean([v.std() for v in by_question])),
         "confidence_spread_across_questions": float(np.std([v.mean() for v in by_question])),
-        "distinct_confidences": float(len(np.unique(values))),
+        **{name: value for name, value in split.items() if not np.isnan(value)},
     }
-    if right.any():
-        metrics["confidence_correct"] = float(values[right].mean())
-    if (~right).any():
-        metrics["confidence_wrong"] = float(values[~right].mean())
-    return metrics
 
 
 class TRLReward:

@@ -5,10 +5,8 @@ confidence-only loss masks the answer tokens."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from types import SimpleNamespace
 
-import datasets
 import pytest
 import torch
 from peft import PeftModel
@@ -16,55 +14,9 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from entropic import models
-from entropic.config import RunConfig
 from entropic.models import RANDOM_SHAPES
-from entropic.prompting import add_prompts
-from entropic.rewards import TRLReward, mark_labeled
-from entropic.semantic import build_clusterer
-from entropic.training import build_trainer, confidence_mask, confidence_only_rollout
-from tests.conftest import compose_config
-from tests.test_training import QUESTIONS
-
-# Two GRPO steps of two questions x two completions of eight tokens: seconds on a CPU.
-TINY = [
-    "model=tiny_random",
-    "compute=cpu",
-    "trainer.num_generations=2",
-    "trainer.per_device_train_batch_size=4",
-    "trainer.max_completion_length=8",
-    "trainer.max_steps=2",
-    "trainer.save_steps=0",
-    "reward.labeled_fraction=0.5",
-]
-
-
-def tiny_trainer(tmp_path: Path, overrides: list[str], output_dir: Path | None = None):
-    """A real GRPOTrainer on the tiny random model, built the way train_job builds it."""
-    config = RunConfig.from_hydra(compose_config([*TINY, *overrides], tmp_path))
-    checkpoint = models.resolve_checkpoint(config.model)
-    tokenizer = models.load_tokenizer(checkpoint)
-    train = mark_labeled(datasets.Dataset.from_dict(QUESTIONS), 0.5, seed=0)
-    reward = TRLReward(config.reward, config.trainer.num_generations, build_clusterer("exact"))
-
-    # A random model never writes "Answer:/Confidence:", so our reward is the format penalty for
-    # every completion and every advantage is zero; a reward that varies with the text gives the
-    # optimiser a direction (as in test_training.py).
-    def mean_token_id(completion_ids, **_):
-        return [sum(ids) / max(len(ids), 1) / len(tokenizer) for ids in completion_ids]
-
-    trainer = build_trainer(
-        config,
-        checkpoint,
-        tokenizer,
-        add_prompts(train, config.prompt),
-        [reward, mean_token_id],
-        str(output_dir or tmp_path),
-        "cpu",
-        torch.float32,
-        client=None,
-        run_id=None,
-    )
-    return trainer, config
+from entropic.training import confidence_mask, confidence_only_rollout
+from tests.test_training import tiny_trainer
 
 
 def is_lora(name: str) -> bool:

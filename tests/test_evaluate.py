@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from entropic.evaluate import SUMMARY_NAMES, discrimination, summarize
+from entropic.evaluate import SUMMARY_NAMES, summarize
+from entropic.metrics import discrimination
 
 
 def predictions(rows: list[tuple[str | None, float | None, bool]]) -> pd.DataFrame:

@@ -4,6 +4,7 @@ what our reward gave."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import datasets
 import torch
@@ -34,32 +35,31 @@ QUESTIONS = {
 FORMAT_PENALTY = -0.375
 
 
-def test_two_grpo_steps_on_a_tiny_model_change_the_weights(tmp_path, embedded_checkpoint):
-    cfg = compose_config(
-        [
-            "model=tiny_random",
-            "compute=cpu",
-            "trainer.num_generations=2",
-            "trainer.per_device_train_batch_size=4",
-            "trainer.max_completion_length=8",
-            "trainer.max_steps=2",
-            "trainer.learning_rate=1e-2",
-            "trainer.save_steps=0",
-            "reward.labeled_fraction=0.5",
-            f"reward.format_penalty={FORMAT_PENALTY}",
-        ],
-        tmp_path,
-    )
-    config = RunConfig.from_hydra(cfg)
+# Two GRPO steps of two questions x two completions of eight tokens: seconds on a CPU.
+TINY = [
+    "model=tiny_random",
+    "compute=cpu",
+    "trainer.num_generations=2",
+    "trainer.per_device_train_batch_size=4",
+    "trainer.max_completion_length=8",
+    "trainer.max_steps=2",
+    "trainer.save_steps=0",
+    "reward.labeled_fraction=0.5",
+]
+
+
+def tiny_trainer(tmp_path: Path, overrides: list[str], output_dir: Path | None = None):
+    """A real GRPOTrainer on the tiny random model, built the way train_job builds it."""
+    config = RunConfig.from_hydra(compose_config([*TINY, *overrides], tmp_path))
     checkpoint = models.resolve_checkpoint(config.model)
     tokenizer = models.load_tokenizer(checkpoint)
     train = mark_labeled(datasets.Dataset.from_dict(QUESTIONS), 0.5, seed=0)
-    reward = TRLReward(config.reward, 2, build_clusterer("exact"))
+    reward = TRLReward(config.reward, config.trainer.num_generations, build_clusterer("exact"))
 
     # A random model never writes "Answer:/Confidence:", so our reward is the format penalty for
     # every completion and GRPO's advantages are all zero. A second reward that varies with the
-    # text (the mean token id) gives the optimiser something to follow, so the test can
-    # see the whole loop (rollout -> our reward -> loss -> update) move the weights.
+    # text (the mean token id) gives the optimiser something to follow, so a test can see the
+    # whole loop (rollout -> our reward -> loss -> update) move the weights.
     def mean_token_id(completion_ids, **_):
         return [sum(ids) / max(len(ids), 1) / len(tokenizer) for ids in completion_ids]
 
@@ -69,11 +69,18 @@ def test_two_grpo_steps_on_a_tiny_model_change_the_weights(tmp_path, embedded_ch
         tokenizer,
         add_prompts(train, config.prompt),
         [reward, mean_token_id],
-        str(tmp_path),
+        str(output_dir or tmp_path),
         "cpu",
         torch.float32,
         client=None,
         run_id=None,
+    )
+    return trainer, config
+
+
+def test_two_grpo_steps_on_a_tiny_model_change_the_weights(tmp_path, embedded_checkpoint):
+    trainer, _ = tiny_trainer(
+        tmp_path, ["trainer.learning_rate=1e-2", f"reward.format_penalty={FORMAT_PENALTY}"]
     )
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
