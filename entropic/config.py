@@ -115,8 +115,8 @@ class AdapterConfig:
             f"{self.dropout} is outside [0, 1)",
             "adapter.dropout=0.0",
         )
-        names = [self.target_modules] if isinstance(self.target_modules, str) else None
-        names = names or list(self.target_modules)
+        wanted = self.target_modules
+        names = [wanted] if isinstance(wanted, str) else list(wanted)
         _require(
             bool(names) and all(isinstance(n, str) and n for n in names),
             "adapter.target_modules",
@@ -313,7 +313,8 @@ class TrainerConfig:
             f"sets {sorted(set(self.grpo) & owned)}, which entropic sets itself",
             "set them as trainer.<key> (or through the group that owns them) instead",
         )
-        unknown = sorted(set(self.grpo) - grpo_config_fields())
+        # trl is imported only when there is something to check: validation stays cheap
+        unknown = sorted(set(self.grpo) - grpo_config_fields()) if self.grpo else []
         _require(
             not unknown,
             "trainer.grpo",
