@@ -165,7 +165,7 @@ BF16_MIN_SPEEDUP = 1.25
 
 @functools.lru_cache(maxsize=1)
 def cpu_bf16_is_faster() -> bool:
-    """Time one forward-and-backward-sized matrix product in both dtypes on this CPU (~1 s).
+    """Time one GRPO-step-sized matrix product in both dtypes on this CPU (~0.3 s measured).
 
     Whether bf16 pays on a CPU depends on the vendor and its kernels, not on a flag: measured on
     two machines that both report AVX-512 bf16 and no AMX, a GRPO step in bf16 took 0.59x the
