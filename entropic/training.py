@@ -4,6 +4,10 @@
 Nothing here subclasses the trainer; everything goes through TRL's documented hooks: the rewards
 are plain callables, LoRA is `peft_config`, the confidence-only loss is a `rollout_func` that
 returns an `env_mask`, MLflow logging and the periodic held-out evaluation are `callbacks`.
+
+In MLflow the Trainer's metrics are `train/<name>` (TRL's per-step metrics, our
+`train/calibration/*`), except where `TRAINER_NAMES` gives one quantity one name: the wall times
+join entropic's own under `time/`, and what another metric already holds is not logged twice.
 """
 
 from __future__ import annotations
@@ -23,7 +27,26 @@ from entropic.config import AdapterConfig, EvalConfig, PromptConfig, RunConfig
 from entropic.evaluate import evaluate
 from entropic.parsing import confidence_key_start
 from entropic.rollout import grpo_kwargs
-from entropic.tracking import MlflowMetricsCallback, log_metrics
+from entropic.tracking import log_metrics
+
+# The Trainer's log keys that MLflow gets under another name (None: not logged), so each
+# quantity has one name and the UI's prefix groups (train/, time/) hold what they say.
+TRAINER_NAMES: dict[str, str | None] = {
+    # the mean training loss over the whole run, logged once at the end; train/loss is per step
+    "train_loss": "train/mean_loss",
+    # the same span as time/train_seconds, which entropic.job measures around trainer.train()
+    "train_runtime": None,
+    # 1 / time/seconds_per_step
+    "train_steps_per_second": None,
+    # throughput, a time like the others
+    "train_samples_per_second": "time/samples_per_second",
+    # GRPOTrainer counts no FLOPs: always 0
+    "total_flos": None,
+    # TRL's wall time of each step, beside entropic's run averages
+    "step_time": "time/step_seconds",
+}
+# What every other key of the Trainer's logs gets in front of it.
+TRAINER_PREFIX = "train/"
 
 
 def build_grpo_config(
@@ -163,6 +186,38 @@ def confidence_only_rollout(prompts: list, trainer: GRPOTrainer) -> dict:
         "logprobs": logprobs,
         "env_mask": [confidence_mask(ids, tokenizer) for ids in completion_ids],
     }
+
+
+def mlflow_names(logs: dict[str, float], reward_weights: list[float] | None) -> dict[str, float]:
+    """The Trainer's logs under their MLflow names (`TRAINER_NAMES`, else `train/<key>`).
+
+    With a single reward function of weight 1, TRL's `rewards/<function>/mean` and `/std` are
+    `reward` and `reward_std` again; only the latter are kept, one name whatever the reward, so
+    runs of different rewards share one chart.
+    """
+    per_function = [k for k in logs if k.startswith("rewards/") and k.endswith("/mean")]
+    single_reward = len(per_function) == 1 and reward_weights in (None, [1.0])
+    named = {}
+    for key, value in logs.items():
+        if single_reward and key.startswith("rewards/"):
+            continue
+        name = TRAINER_NAMES.get(key, TRAINER_PREFIX + key)
+        if name is not None:
+            named[name] = value
+    return named
+
+
+class MlflowMetricsCallback(TrainerCallback):
+    """Sends the Trainer's logged metrics (TRL's rewards, KL, our calibration/*) to our run."""
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self.client = client
+        self.run_id = run_id
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            named = mlflow_names(logs, getattr(args, "reward_weights", None))
+            log_metrics(self.client, self.run_id, named, step=state.global_step)
 
 
 class PeriodicEvalCallback(TrainerCallback):

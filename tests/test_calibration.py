@@ -201,9 +201,10 @@ def test_pipeline_end_to_end_and_the_second_run_reuses_the_scores(
     assert metrics["platt/labeled_questions"] == 3  # half of the 6 training questions
     assert metrics["platt/heldout_questions"] == 4
     assert 0 <= metrics["platt/heldout_ece"] <= 1 and 0 <= metrics["platt/heldout_brier"] <= 1
-    # GRPO trained on the calibrated reward, which read the calibrated_target column
-    assert "train/rewards/calibrated/mean" in metrics
-    assert math.isfinite(metrics["train/rewards/calibrated/mean"])
+    # GRPO trained on the calibrated reward, which read the calibrated_target column (TRL's
+    # rewards/calibrated/mean is the one reward, logged once as train/reward)
+    assert trained.data.params["reward.name"] == "calibrated"
+    assert math.isfinite(metrics["train/reward"])
 
     targets = client.load_table(
         client.get_run(first.run_id).info.experiment_id,

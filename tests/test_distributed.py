@@ -90,7 +90,7 @@ def test_two_rank_cli_trains_in_step_and_records_one_run(tmp_path, mlflow_uri, e
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "eval/accuracy")]
     assert steps == [0, 2]
     # why: TRL logs the reward of the whole (gathered) batch at every step from rank 0
-    history = client.get_metric_history(run.info.run_id, "train/rewards/mixed/mean")
+    history = client.get_metric_history(run.info.run_id, "train/reward")
     assert [m.step for m in history] == [1, 2]
     # why: the embedded model's answers parse, so the gathered stability was computed on real
     # answers (a model whose answers never parse gives every group the same trivial clusters)

@@ -73,7 +73,7 @@ def check_trained_on_cuda(uri: str, processes: int = 1) -> dict[str, float]:
     assert params["data.train_questions_used"] == "64"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "eval/accuracy")]
     assert steps == [0, STEPS]
-    rewards = client.get_metric_history(run.info.run_id, "train/rewards/mixed/mean")
+    rewards = client.get_metric_history(run.info.run_id, "train/reward")
     assert [m.step for m in rewards] == list(range(1, STEPS + 1))
     metrics = run.data.metrics
     total_gib = torch.cuda.get_device_properties(0).total_memory / 2**30

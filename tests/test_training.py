@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import datasets
+import pytest
 import torch
 
 from entropic import models
@@ -14,7 +15,7 @@ from entropic.config import RunConfig
 from entropic.prompting import add_prompts
 from entropic.rewards import TRLReward, mark_labeled
 from entropic.semantic import build_clusterer
-from entropic.training import build_trainer
+from entropic.training import build_trainer, mlflow_names
 from tests.conftest import compose_config
 
 QUESTIONS = {
@@ -97,3 +98,42 @@ def test_two_grpo_steps_on_a_tiny_model_change_the_weights(tmp_path, embedded_ch
     for entry in logged:
         assert (entry["rewards/mixed/mean"], entry["rewards/mixed/std"]) == (FORMAT_PENALTY, 0.0)
         assert (entry["calibration/format_rate"], entry["calibration/accuracy"]) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("logs", "reward_weights", "expected"),
+    [
+        # why: a per-step metric keeps TRL's name under train/
+        ({"loss": 0.1, "entropy": 2.0}, None, {"train/loss": 0.1, "train/entropy": 2.0}),
+        # why: the run's mean loss is not the per-step train/loss; its runtime is time/train_seconds
+        # (entropic.job), its steps per second 1 / time/seconds_per_step, its FLOPs always 0
+        (
+            {"train_loss": 0.2, "train_runtime": 9.0, "train_steps_per_second": 0.2}
+            | {"total_flos": 0.0, "train_samples_per_second": 1.5},
+            None,
+            {"train/mean_loss": 0.2, "time/samples_per_second": 1.5},
+        ),
+        # why: a wall time belongs with the other wall times
+        ({"step_time": 4.0}, None, {"time/step_seconds": 4.0}),
+        # why: one reward function of weight 1: its mean and std are reward and reward_std
+        (
+            {"reward": 0.5, "reward_std": 0.1, "rewards/mixed/mean": 0.5, "rewards/mixed/std": 0.1},
+            None,
+            {"train/reward": 0.5, "train/reward_std": 0.1},
+        ),
+        # why: a weighted reward is not the function's own value: both are kept
+        (
+            {"reward": 1.0, "rewards/mixed/mean": 0.5},
+            [2.0],
+            {"train/reward": 1.0, "train/rewards/mixed/mean": 0.5},
+        ),
+        # why: with two functions each one's share is news
+        (
+            {"reward": 0.7, "rewards/a/mean": 0.5, "rewards/b/mean": 0.2},
+            None,
+            {"train/reward": 0.7, "train/rewards/a/mean": 0.5, "train/rewards/b/mean": 0.2},
+        ),
+    ],
+)
+def test_the_trainer_logs_reach_mlflow_with_one_name_per_quantity(logs, reward_weights, expected):
+    assert mlflow_names(logs, reward_weights) == expected
