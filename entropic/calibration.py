@@ -68,6 +68,7 @@ from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 
 from entropic import models, tracking
+from entropic.compute import Changed
 from entropic.config import RunConfig, _require
 from entropic.evaluate import evaluate
 from entropic.metrics import auroc, brier_score, expected_calibration_error
@@ -162,15 +163,17 @@ class CalibrationConfig:
         _require(not unknown, "calibration", f"unknown keys {unknown}", f"use {sorted(names)}")
         return cls(**values)
 
-    def for_device(self, device: str, scales: bool) -> tuple[CalibrationConfig, dict[str, str]]:
-        """The CPU caps applied (when on CPU with a scaling compute profile) and what changed."""
+    def for_device(self, device: str, scales: bool) -> tuple[CalibrationConfig, Changed]:
+        """The CPU caps applied (when on CPU with a scaling compute profile) and what they changed,
+        (requested, used) by key: the job logs the used values as params (entropic.job.prepare)."""
         if device != "cpu" or not scales or self.cpu_scale is None:
             return self, {}
-        changes, capped = {}, {}
+        changes: Changed = {}
+        capped = {}
         for key in ("eval_questions", "max_new_tokens"):
             value, cap = getattr(self, key), getattr(self.cpu_scale, key)
             if value > cap:
-                changes[f"calibration.{key}"] = f"{value} -> {cap}"
+                changes[f"calibration.{key}"] = (value, cap)
                 capped[key] = cap
         return dataclasses.replace(self, **capped), changes
 
@@ -332,7 +335,7 @@ def add_calibrated_target(
     started = time.perf_counter()
     config, device = prepared.config, prepared.device
     calibration = CalibrationConfig.from_hydra(cfg, config)
-    calibration, scaled = calibration.for_device(device, config.compute.cpu_scale is not None)
+    calibration, _ = calibration.for_device(device, config.compute.cpu_scale is not None)
     heldout = prepared.splits.eval.select(
         range(min(calibration.eval_questions, len(prepared.splits.eval)))
     )
@@ -408,7 +411,6 @@ def add_calibrated_target(
             "platt.intercept": f"{fit.intercept:.6g}",
             "platt.score_cache.train": str(train_path),
             "platt.score_cache.eval": str(eval_path),
-            **{f"cpu_scale.{k}": v for k, v in scaled.items()},
         },
     )
     tracking.log_metrics(client, run_id, metrics, step=0, prefix="platt/")

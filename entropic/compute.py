@@ -10,6 +10,7 @@ sizes apply.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 
@@ -27,47 +28,60 @@ def resolve_device(cfg: ComputeConfig) -> str:
     return cfg.device
 
 
-def apply_cpu_scale(cfg: RunConfig, device: str) -> tuple[RunConfig, dict[str, str]]:
-    """Shrink a run for the CPU; returns the new config and what changed (logged to MLflow)."""
+# A value the run changed from its config, by its dotted key: (requested, used).
+Changed = dict[str, tuple[Any, Any]]
+# The keys apply_cpu_scale may change; each is logged as the value used, with requested.<key>.
+SCALED_KEYS = (
+    "trainer.num_generations",
+    "trainer.max_completion_length",
+    "trainer.per_device_train_batch_size",
+    "trainer.temperature",
+    "data.eval_size",
+)
+
+
+def dotted(config: Any, key: str) -> Any:
+    """A value of a nested dataclass by its dotted key (`trainer.temperature`)."""
+    for part in key.split("."):
+        config = getattr(config, part)
+    return config
+
+
+def changed_values(requested: Any, used: Any, keys: tuple[str, ...]) -> Changed:
+    """The keys whose value differs between two configs of the same shape: (requested, used)."""
+    pairs = {key: (dotted(requested, key), dotted(used, key)) for key in keys}
+    return {key: pair for key, pair in pairs.items() if pair[0] != pair[1]}
+
+
+def apply_cpu_scale(cfg: RunConfig, device: str) -> tuple[RunConfig, Changed]:
+    """Shrink a run for the CPU; returns the new config and the values it changed, which the job
+    logs as the params that ran (with the requested ones as requested.<key>).
+
+    The training subset (`compute.cpu_scale.train_questions`) changes no config key: the pool
+    `data.train_size` is loaded whole and the job logs the subset as `data.train_questions_used`.
+    """
     scale = cfg.compute.cpu_scale
     if device != "cpu" or scale is None:
         return cfg, {}
-    changes: dict[str, str] = {}
-
-    def capped(key: str, value: int, cap: int) -> int:
-        if value > cap:
-            changes[key] = f"{value} -> {cap}"
-            return cap
-        return value
-
+    group = min(cfg.trainer.num_generations, scale.num_generations)
+    batch = min(cfg.trainer.per_device_train_batch_size, scale.per_device_train_batch_size)
+    # Keep whole groups in a batch after shrinking either number.
+    batch = max(group, batch - batch % group)
+    temperature = cfg.trainer.temperature
+    if scale.temperature is not None:
+        temperature = min(temperature, scale.temperature)
+    # One replace: TrainerConfig validates itself, and a group size without its batch would not
+    # divide (a cap of 6 on the experiment's batch of 32).
     trainer = dataclasses.replace(
         cfg.trainer,
-        num_generations=capped(
-            "trainer.num_generations", cfg.trainer.num_generations, scale.num_generations
-        ),
-        max_completion_length=capped(
-            "trainer.max_completion_length",
-            cfg.trainer.max_completion_length,
-            scale.max_completion_length,
-        ),
+        num_generations=group,
+        per_device_train_batch_size=batch,
+        max_completion_length=min(cfg.trainer.max_completion_length, scale.max_completion_length),
+        temperature=temperature,
     )
-    batch = capped(
-        "trainer.per_device_train_batch_size",
-        cfg.trainer.per_device_train_batch_size,
-        scale.per_device_train_batch_size,
-    )
-    # Keep whole groups in a batch after shrinking either number.
-    batch = max(trainer.num_generations, batch - batch % trainer.num_generations)
-    trainer = dataclasses.replace(trainer, per_device_train_batch_size=batch)
-    if scale.temperature is not None and trainer.temperature > scale.temperature:
-        changes["trainer.temperature"] = f"{trainer.temperature} -> {scale.temperature}"
-        trainer = dataclasses.replace(trainer, temperature=scale.temperature)
-    data = dataclasses.replace(
-        cfg.data, eval_size=capped("data.eval_size", cfg.data.eval_size, scale.eval_questions)
-    )
-    if cfg.data.train_size > scale.train_questions:
-        changes["train_questions"] = f"{cfg.data.train_size} -> {scale.train_questions}"
-    return dataclasses.replace(cfg, trainer=trainer, data=data), changes
+    data = dataclasses.replace(cfg.data, eval_size=min(cfg.data.eval_size, scale.eval_questions))
+    scaled = dataclasses.replace(cfg, trainer=trainer, data=data)
+    return scaled, changed_values(cfg, scaled, SCALED_KEYS)
 
 
 def train_questions(cfg: RunConfig, device: str) -> int:

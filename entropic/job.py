@@ -30,7 +30,7 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 
 from entropic import models, rollout, tracking
 from entropic.calibration import CalibrationConfig, add_calibrated_target
-from entropic.compute import apply_cpu_scale, resolve_device, train_questions
+from entropic.compute import Changed, apply_cpu_scale, resolve_device, train_questions
 from entropic.config import ConfigError, RunConfig
 from entropic.data import QuestionSplits, check_source, load_questions
 from entropic.evaluate import SUMMARY_NAMES, evaluate, summarize
@@ -61,7 +61,8 @@ class Prepared:
 
     config: RunConfig
     device: str
-    scaled: dict[str, str]
+    # the values the CPU caps changed, (requested, used) by key: logged as the params that ran
+    changed: Changed
     splits: QuestionSplits
     train: datasets.Dataset
     clusterer: Callable | None
@@ -75,12 +76,14 @@ def prepare(cfg: DictConfig) -> Prepared:
         models.check_source(config.model)
         check_source(config.data.name, **config.data.options)
         device = resolve_device(config.compute)
-        config, scaled = apply_cpu_scale(config, device)
+        config, changed = apply_cpu_scale(config, device)
         rollout.check(config, device)
         check_labeled_fraction(config.reward)
         if rule.needs_target:
-            # the entropy -> Platt targets are made in train_job; their config is checked now
-            CalibrationConfig.from_hydra(cfg, config)
+            # the entropy -> Platt targets are made in train_job; their config is checked now,
+            # and its CPU caps join the values logged as what ran
+            calibration = CalibrationConfig.from_hydra(cfg, config)
+            changed |= calibration.for_device(device, config.compute.cpu_scale is not None)[1]
         if config.train and config.adapter.target_modules != "all-linear":
             check_target_modules(config.adapter, models.resolve_checkpoint(config.model))
         clusterer = (
@@ -103,7 +106,7 @@ def prepare(cfg: DictConfig) -> Prepared:
     n_train = train_questions(config, device)
     train = splits.train.shuffle(seed=config.seed).select(range(min(n_train, len(splits.train))))
     train = mark_labeled(train, config.reward.labeled_fraction, config.seed)
-    return Prepared(config, device, scaled, splits, train, clusterer)
+    return Prepared(config, device, changed, splits, train, clusterer)
 
 
 def run(cfg: DictConfig) -> RunResult:
@@ -165,7 +168,7 @@ def train_job(cfg: DictConfig) -> RunResult:
         (output_dir / RUN_ID_FILE).write_text(run_id)
         # a reopened run has its config already (and evaluate_base reuses its step-0 evaluation)
         if not earlier:
-            tracking.log_config(client, run_id, cfg)
+            tracking.log_config(client, run_id, cfg, prepared.changed)
             tracking.log_params(
                 client,
                 run_id,
@@ -174,7 +177,6 @@ def train_job(cfg: DictConfig) -> RunResult:
                     "model.resolved_dtype": models.dtype_name(config.model, device),
                     "data.train_questions_used": str(len(prepared.train)),
                     "data.eval_questions_used": str(len(prepared.splits.eval)),
-                    **{f"cpu_scale.{k}": v for k, v in prepared.scaled.items()},
                 },
             )
         checkpoint = models.resolve_checkpoint(config.model)

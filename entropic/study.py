@@ -45,6 +45,7 @@ from omegaconf import DictConfig, OmegaConf
 from scipy.stats import rankdata
 
 from entropic import models, tracking
+from entropic.compute import Changed
 from entropic.config import ConfigError, _require
 from entropic.evaluate import evaluate
 from entropic.metrics import auroc, bootstrap_ci, pearson_r
@@ -116,16 +117,17 @@ class StudyConfig:
         except TypeError as err:
             raise ConfigError(f"study: {err}. Fix: see conf/study/stability.yaml") from err
 
-    def for_device(self, device: str, scales: bool) -> tuple[StudyConfig, dict[str, str]]:
-        """The CPU caps applied (when on CPU with a scaling compute profile) and what changed."""
+    def for_device(self, device: str, scales: bool) -> tuple[StudyConfig, Changed]:
+        """The CPU caps applied (when on CPU with a scaling compute profile) and what they changed,
+        (requested, used) by key: logged as the params that ran."""
         if device != "cpu" or not scales or self.cpu_scale is None:
             return self, {}
-        changes = {}
+        changes: Changed = {}
         capped = {}
         for key in ("num_questions", "max_new_tokens"):
             value, cap = getattr(self, key), getattr(self.cpu_scale, key)
             if value > cap:
-                changes[f"study.{key}"] = f"{value} -> {cap}"
+                changes[f"study.{key}"] = (value, cap)
                 capped[key] = cap
         return dataclasses.replace(self, **capped), changes
 
@@ -240,7 +242,7 @@ def stability_study(cfg: DictConfig) -> RunResult:
     study = StudyConfig.from_hydra(cfg)
     prepared = prepare(cfg)
     config, device = prepared.config, prepared.device
-    study, study_scaled = study.for_device(device, config.compute.cpu_scale is not None)
+    study, study_changed = study.for_device(device, config.compute.cpu_scale is not None)
     available = len(prepared.splits.eval)
     _require(
         study.num_questions <= available,
@@ -274,15 +276,9 @@ def stability_study(cfg: DictConfig) -> RunResult:
         tags,
         parent_run_id=config.tracking.parent_run_id,
     ) as run_id:
-        tracking.log_config(client, run_id, cfg)
+        tracking.log_config(client, run_id, cfg, {**prepared.changed, **study_changed})
         tracking.log_params(
-            client,
-            run_id,
-            {
-                "device": device,
-                "study.questions_used": str(len(questions)),
-                **{f"cpu_scale.{k}": v for k, v in {**prepared.scaled, **study_scaled}.items()},
-            },
+            client, run_id, {"device": device, "study.questions_used": str(len(questions))}
         )
         checkpoint = models.resolve_checkpoint(config.model)
         tokenizer = models.load_tokenizer(checkpoint)

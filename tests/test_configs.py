@@ -158,6 +158,51 @@ def test_cpu_profile_scales_down_but_keeps_the_pool(tmp_path):
     assert sum(prepared.train["labeled"]) == round(0.5 * scale.train_questions)
 
 
+# The demo's caps on a CPU (conf/compute/cpu.yaml) against Run C's config: (requested, used).
+CPU_CAPS = {
+    "trainer.num_generations": (8, 4),
+    "trainer.max_completion_length": (48, 32),
+    "trainer.per_device_train_batch_size": (32, 16),
+    "trainer.temperature": (1.0, 0.7),
+    "data.eval_size": (500, 200),
+}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "changed"),
+    [
+        # why: the demo on a CPU: each value the caps change is logged as used, and as requested
+        (["+experiment=scarce_mixed", "compute=cpu"], CPU_CAPS),
+        # why: a batch under its cap still shrinks to whole groups of a capped G: 32 -> 30 ran
+        (
+            ["+experiment=scarce_mixed", "compute=cpu", "compute.cpu_scale.num_generations=6"]
+            + ["compute.cpu_scale.per_device_train_batch_size=64"],
+            {
+                **CPU_CAPS,
+                "trainer.num_generations": (8, 6),
+                "trainer.per_device_train_batch_size": (32, 30),
+            },
+        ),
+        # why: the entropy -> Platt targets have caps of their own, which also change what ran
+        (
+            ["+experiment=entropy_platt", "compute=cpu"],
+            {**CPU_CAPS, "calibration.eval_questions": (200, 100)}
+            | {"calibration.max_new_tokens": (48, 32)},
+        ),
+        # why: a value already under its cap is not a change; no cpu_scale changes nothing
+        (["+experiment=scarce_mixed", "compute=cpu", "compute.cpu_scale=null"], {}),
+    ],
+)
+def test_prepare_reports_each_value_the_cpu_caps_change(overrides, changed, tmp_path):
+    prepared = prepare(compose_config(overrides, tmp_path))
+    assert prepared.changed == changed
+    for key, (_, used) in changed.items():
+        section, name = key.split(".")
+        if section in ("trainer", "data"):
+            # why: the params log these values as what ran; the run must have run with them
+            assert getattr(getattr(prepared.config, section), name) == used
+
+
 @pytest.mark.parametrize(
     "override",
     [

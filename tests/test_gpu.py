@@ -69,7 +69,7 @@ def check_trained_on_cuda(uri: str, processes: int = 1) -> dict[str, float]:
     assert params["device"] == "cuda"
     assert params["model.resolved_dtype"] == "bfloat16"
     # why: the CPU scale-down must not touch a GPU run
-    assert not any(key.startswith("cpu_scale.") for key in params)
+    assert not any(key.startswith("requested.") for key in params)
     assert params["data.train_questions_used"] == "64"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "eval/accuracy")]
     assert steps == [0, STEPS]
