@@ -25,6 +25,7 @@ from accelerate import PartialState
 from mlflow.entities import Run, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from omegaconf import DictConfig
 from transformers.integrations import is_deepspeed_zero3_enabled
 
@@ -204,7 +205,13 @@ def train_job(cfg: DictConfig) -> RunResult:
             tables["after training"] = after_table
         client.log_figure(run_id, reliability_diagram(tables), "reliability_diagram.png")
         summary = summary_table(before, after)
+        if after:
+            for stage in ("after", "change"):
+                tracking.log_metrics(client, run_id, summary[stage], step=step, prefix=f"{stage}/")
         client.log_text(run_id, summary.to_markdown(), "summary.md")
+        tracking.log_tags(
+            client, run_id, {MLFLOW_RUN_NOTE: description(config, summary, prepared.changed)}
+        )
         print_summary(config, summary, run_id, client.tracking_uri)
     return RunResult(run_id, before, after, str(output_dir), time.perf_counter() - started)
 
@@ -271,12 +278,16 @@ def evaluate_base(prepared, checkpoint, tokenizer, dtype, client, run_id, resume
     table, metrics = evaluate(model, tokenizer, prepared.splits.eval, config.prompt, config.eval)
     table.to_parquet(saved)
     tracking.log_metrics(client, run_id, metrics, step=0, prefix="eval/")
+    # the table view's single value; eval/* keeps the history (step 0, periodic, last)
+    summary = {name: metrics[name] for name in SUMMARY_NAMES}
+    tracking.log_metrics(client, run_id, summary, step=0, prefix="before/")
     client.log_table(run_id, table, "predictions/before.json")
     return table, metrics
 
 
 def train(prepared, checkpoint, tokenizer, dtype, client, run_id, resume_from, output_dir):
-    """GRPO on the training subset; logs wall time per step next to TRL's own metrics."""
+    """GRPO on the training subset; logs the wall time of training (time/*) next to TRL's own
+    metrics (TRL's mean loss is train/mean_loss, entropic.training.TRAINER_NAMES)."""
     config = prepared.config
     reward = TRLReward(config.reward, config.trainer.num_generations, prepared.clusterer)
     eval_questions = prepared.splits.eval
@@ -300,13 +311,12 @@ def train(prepared, checkpoint, tokenizer, dtype, client, run_id, resume_from, o
         # the peak of training alone, not of the base evaluation before it
         torch.cuda.reset_peak_memory_stats()
     train_started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume_from)
+    trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - train_started
     step = trainer.state.global_step
     timing = {"train_seconds": seconds, "seconds_per_step": seconds / max(step, 1)}
     if client is not None:
-        metrics = {**timing, "loss": result.training_loss}
-        tracking.log_metrics(client, run_id, metrics, step, "time/")
+        tracking.log_metrics(client, run_id, timing, step, "time/")
         if on_gpu:
             tracking.log_metrics(client, run_id, gpu_memory(), step, "gpu/")
     return trainer
@@ -348,12 +358,29 @@ def summary_table(before: dict[str, float], after: dict[str, float]) -> pd.DataF
     return table
 
 
+def headline(config: RunConfig) -> str:
+    return (
+        f"{config.tracking.experiment_name}: {config.reward.name} "
+        f"(labeled_fraction={config.reward.labeled_fraction}) on {config.model.name}"
+    )
+
+
+def description(config: RunConfig, table: pd.DataFrame, changed: Changed) -> str:
+    """The run's MLflow description (the top of its page in the UI): the before/after/change
+    table, and what the CPU caps changed from the config."""
+    shown = table.map(lambda v: "-" if pd.isna(v) else f"{v:.3f}")
+    if "change" in table:
+        shown["change"] = table["change"].map(lambda v: "-" if pd.isna(v) else f"{v:+.3f}")
+    lines = [f"**{headline(config)}**", "", tracking.markdown_numbers(shown)]
+    if changed:
+        caps = ", ".join(f"`{key}` {old} -> {new}" for key, (old, new) in changed.items())
+        lines += ["", f"Ran with the CPU caps: {caps} (params: the values used; requested.*)."]
+    return "\n".join(lines)
+
+
 def print_summary(config: RunConfig, table: pd.DataFrame, run_id: str, uri: str) -> None:
     print()
-    print(
-        f"== {config.tracking.experiment_name}: {config.reward.name} "
-        f"(labeled_fraction={config.reward.labeled_fraction}) on {config.model.name} =="
-    )
+    print(f"== {headline(config)} ==")
     print(table.to_string(float_format=lambda v: f"{v:+.3f}" if v < 0 else f"{v:.3f}"))
     print(f"MLflow run {run_id} in {uri}  (make ui to browse)")
 
