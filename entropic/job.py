@@ -41,6 +41,7 @@ from entropic.rewards import TRLReward, check_labeled_fraction, get_rule, mark_l
 from entropic.semantic import build_clusterer
 from entropic.study import stability_study
 from entropic.training import build_trainer, check_target_modules, last_checkpoint
+from entropic.ui import closing_line
 
 log = logging.getLogger(__name__)
 
@@ -382,7 +383,7 @@ def print_summary(config: RunConfig, table: pd.DataFrame, run_id: str, uri: str)
     print()
     print(f"== {headline(config)} ==")
     print(table.to_string(float_format=lambda v: f"{v:+.3f}" if v < 0 else f"{v:.3f}"))
-    print(f"MLflow run {run_id} in {uri}  (make ui to browse)")
+    print(closing_line(run_id, uri))
 
 
 # Every kind of job `python -m entropic.run` can run; experiments choose one with `job: <name>`.

@@ -52,6 +52,7 @@ from entropic.metrics import auroc, bootstrap_ci, pearson_r
 from entropic.plots import stability_scatter
 from entropic.sampling import sample_answers, score_questions
 from entropic.semantic import build_clusterer
+from entropic.ui import closing_line
 
 if TYPE_CHECKING:
     from entropic.job import RunResult
@@ -361,4 +362,4 @@ def print_report(config, study, markdown, metrics, run_id, uri) -> None:
         f"({metrics['time/samples_per_second']:.1f} samples/s), "
         f"total {metrics['time/seconds']:.0f} s"
     )
-    print(f"MLflow run {run_id} in {uri}  (make ui to browse)")
+    print(closing_line(run_id, uri))

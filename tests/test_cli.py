@@ -12,9 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from entropic import models
+from entropic.evaluate import SUMMARY_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,15 +74,50 @@ def test_main_job_runs_end_to_end_and_a_rerun_leaves_it_finished(
     ):
         steps = [m.step for m in client.get_metric_history(run.info.run_id, f"eval/{name}")]
         assert steps == [0, 2], (name, steps)  # before training and at the final global step
-    assert run.data.params["reward.labeled_fraction"] == "0.5"
+    params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
+    assert params["reward.labeled_fraction"] == "0.5"
     # why: dtype=auto on the CPU is what this machine's bf16-vs-fp32 probe says, and is logged
     expected = "bfloat16" if models.cpu_bf16_is_faster() else "float32"
-    assert run.data.params["model.resolved_dtype"] == expected
-    assert any(k.startswith("train/rewards/mixed") for k in run.data.metrics)
+    assert params["model.resolved_dtype"] == expected
+    for name in SUMMARY_NAMES:
+        # why: the runs table and the compare view show a metric's latest value only, so before,
+        # after and change are single values of their own beside the eval/* history
+        for stage, step in (("before", 0), ("after", 2), ("change", 2)):
+            history = client.get_metric_history(run.info.run_id, f"{stage}/{name}")
+            assert [m.step for m in history] == [step], (stage, name)
+        assert metrics[f"change/{name}"] == pytest.approx(
+            metrics[f"after/{name}"] - metrics[f"before/{name}"], nan_ok=True
+        )
+        assert metrics[f"before/{name}"] == pytest.approx(
+            at_step(client, run.info.run_id, f"eval/{name}", 0), nan_ok=True
+        )
+    # one name per quantity: the renamed ones, and not the names that repeated them
+    assert {"train/reward", "train/mean_loss", "time/train_seconds", "time/step_seconds"} <= set(
+        metrics
+    )
+    repeats = {"time/loss", "train/train_loss", "train/train_runtime", "train/step_time"}
+    assert not repeats & set(metrics)
+    assert not any(name.startswith("train/rewards/") for name in metrics)
+    # why: the params are what ran (the CPU caps), the experiment's values stay as requested.*
+    for key, requested, used in (
+        ("trainer.num_generations", "8", "4"),
+        ("trainer.per_device_train_batch_size", "32", "8"),
+        ("data.eval_size", "500", "16"),
+    ):
+        assert (params[key], params[f"requested.{key}"]) == (used, requested)
+    assert "requested.trainer.max_completion_length" not in params  # 8: under its cap
+    # where it came from: the entry point and the commit of this checkout
+    assert tags["mlflow.source.name"] == "entropic/run.py"
+    assert tags["mlflow.source.git.commit"] == git("rev-parse", "HEAD")
+    assert tags["git_dirty"] == str(bool(git("status", "--porcelain")))
+    # the description is the summary table
+    assert "| accuracy" in tags["mlflow.note.content"]
+    assert "`trainer.num_generations` 8 -> 4" in tags["mlflow.note.content"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "reliability_diagram.png", "predictions"} <= artifacts
-    # the terminal shows the before/after table and the run id
+    # the terminal shows the before/after table, the run id and the command that browses it
     assert run.info.run_id in done.stdout and "calibration_gap" in done.stdout
+    assert f"MLFLOW_TRACKING_URI={mlflow_uri} make ui" in done.stdout
 
     # rerunning the folder of a finished run says so and exits 0, leaving the run as it was
     again = cli(args, tmp_path, mlflow_uri)
@@ -89,6 +126,17 @@ def test_main_job_runs_end_to_end_and_a_rerun_leaves_it_finished(
     (rerun,) = client.search_runs([experiment.experiment_id])
     assert (rerun.info.run_id, rerun.info.end_time) == (run.info.run_id, run.info.end_time)
     assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/ece")] == [0, 2]
+
+
+def at_step(client: MlflowClient, run_id: str, name: str, step: int) -> float:
+    (value,) = [m.value for m in client.get_metric_history(run_id, name) if m.step == step]
+    return value
+
+
+def git(*args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def test_rejected_config_exits_nonzero_and_leaves_no_run(tmp_path, mlflow_uri):
