@@ -92,3 +92,45 @@ def stability_scatter(
     axes[0].set_ylabel("accuracy (share of sampled answers correct)")
     fig.tight_layout()
     return fig
+
+
+def sweep_comparison(points: pd.DataFrame, metrics: tuple[str, ...], x_label: str) -> plt.Figure:
+    """A sweep at a glance: one panel per eval metric, its conditions along x, before training
+    (open grey circles) and after (the mean over seeds, each seed a small dot).
+
+    `points` has one row per finished run: `condition`, `x` (the condition's position: the swept
+    value when it is a number, else its order), `before/<metric>` and, for a run that trained,
+    `after/<metric>`. A numeric sweep (the mix ratio) is drawn as a curve.
+    """
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.8 * len(metrics), 3.8), squeeze=False)
+    by_condition = points.groupby("x", sort=True)
+    numeric = pd.api.types.is_float_dtype(points["x"])
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        before = by_condition[f"before/{metric}"].mean()
+        ax.scatter(before.index, before, s=40, facecolors="none", edgecolors="grey", zorder=2)
+        after_column = f"after/{metric}"
+        if after_column in points:
+            trained = points.dropna(subset=[after_column])
+            after = trained.groupby("x", sort=True)[after_column].mean()
+            ax.plot(after.index, after, marker="o", ls="-" if numeric else "none", color="tab:blue")
+            ax.scatter(trained["x"], trained[after_column], s=10, color="tab:blue", alpha=0.5)
+        ax.set_title(metric, fontsize=10)
+        if metric == "calibration_gap":
+            ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xlabel(x_label)
+        if not numeric:
+            labels = points.drop_duplicates("x").set_index("x")["condition"].sort_index()
+            # the axis names the key; the ticks need only its values
+            labels = labels.str.removeprefix(f"{x_label}=")
+            ax.set_xticks(labels.index, labels, fontsize=7, rotation=15)
+            ax.margins(x=0.25)
+    handles = [
+        plt.Line2D(
+            [], [], marker="o", ls="none", mfc="none", color="grey", label="before training"
+        ),
+        plt.Line2D([], [], marker="o", color="tab:blue", label="after (mean over seeds)"),
+        plt.Line2D([], [], marker="o", ls="none", ms=3, color="tab:blue", label="each seed"),
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig

@@ -14,7 +14,10 @@ job's run as a child (the `mlflow.parentRunId` tag), so the MLflow UI nests and 
 id also goes to `<sweep dir>/mlflow_parent_run_id.txt`.
 
 After the last job it closes the parent with the worst status among its children: FAILED if any
-child failed, KILLED if any was interrupted, else FINISHED. When a job's failure aborts the sweep
+child failed, KILLED if any was interrupted, else FINISHED. Before that it logs the sweep at a
+glance to the parent: `sweep_comparison.png` (each eval metric before and after training across
+the sweep's conditions, the mix-ratio curve for `mix_ratio`) and, as the parent's description, the
+same numbers as a table (mean over seeds). When a job's failure aborts the sweep
 (Hydra's basic sweeper raises once the batch is done, and a rejected config exits at once), Hydra
 never calls `on_multirun_end`; an exit hook closes the parent then, FAILED unless a child was
 KILLED, so no parent is left RUNNING.
@@ -33,13 +36,17 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from omegaconf import DictConfig, OmegaConf
 
 from entropic import tracking
+from entropic.plots import sweep_comparison
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +56,10 @@ PARENT_RUN_ENV = "ENTROPIC_PARENT_RUN_ID"
 PARENT_RUN_FILE = "mlflow_parent_run_id.txt"
 # Parent and child runs carry the sweep's name under this tag (children: sweeps/common/sweep.yaml).
 SWEEP_TAG = "sweep"
+# A child's overrides, e.g. reward.labeled_fraction=0.25,seed=1 (sweeps/common/sweep.yaml).
+POINT_TAG = "sweep_point"
+# The parent's figure of the sweep's conditions, before and after training.
+COMPARISON_FIGURE = "sweep_comparison.png"
 
 
 def grid_points(params: dict[str, Any], command_line: list[str]) -> list[list[str]]:
@@ -96,6 +107,79 @@ def final_status(child_statuses: list[str], sweep_completed: bool) -> str:
     return "FINISHED" if sweep_completed else "FAILED"
 
 
+def sweep_points(runs: list[Run]) -> tuple[pd.DataFrame, str]:
+    """One row per finished child that logged before/* (entropic.job): its condition, position
+    `x`, seed and before/after metrics; and the name of the x axis.
+
+    A condition is the child's sweep point without its seed and without what every point shares.
+    When the points differ in one numeric key (reward.labeled_fraction), x is its value; else x
+    numbers the conditions in launch order. The axis is named after the key when there is one
+    (`experiment`), else `condition`.
+    """
+    rows = []
+    for run in runs:
+        metrics = run.data.metrics
+        if run.info.status != "FINISHED" or not any(k.startswith("before/") for k in metrics):
+            continue
+        point = run.data.tags.get(POINT_TAG, "")
+        rows.append(
+            {
+                "parts": [p for p in point.split(",") if p and not p.startswith("seed=")],
+                "seed": run.data.params.get("seed"),
+                **{k: v for k, v in metrics.items() if k.startswith(("before/", "after/"))},
+            }
+        )
+    if not rows:
+        return pd.DataFrame(), ""
+    shared = set.intersection(*(set(row["parts"]) for row in rows))
+    for row in rows:
+        row["condition"] = ",".join(p for p in row.pop("parts") if p not in shared) or "all"
+    points = pd.DataFrame(rows)
+    key, _, value = (points["condition"].str.partition("=")[i] for i in range(3))
+    one_key = key.nunique() == 1 and (value != "").all() and not value.str.contains(",").any()
+    numbers = pd.to_numeric(value, errors="coerce")
+    if one_key and numbers.notna().all():
+        return points.assign(x=numbers.astype(float)), key.iloc[0]
+    order = {condition: i for i, condition in enumerate(points["condition"].unique())}
+    return points.assign(x=points["condition"].map(order)), key.iloc[0] if one_key else "condition"
+
+
+def sweep_table(points: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
+    """Per condition: how many runs, and each metric's mean before, after and change."""
+    points = points.reindex(
+        columns=[*points, *(f"after/{m}" for m in metrics if f"after/{m}" not in points)]
+    )
+    grouped = points.groupby("condition", sort=False)
+    table = pd.DataFrame({"runs": grouped.size()})
+
+    def shown(values: pd.Series, form: str) -> pd.Series:
+        # "-": a condition that does not train (the prompting baseline) has no after
+        return values.map(lambda v: "-" if pd.isna(v) else format(v, form))
+
+    for metric in metrics:
+        before = grouped[f"before/{metric}"].mean()
+        after = grouped[f"after/{metric}"].mean()
+        table[f"{metric} before"] = shown(before, ".3f")
+        table[f"{metric} after"] = shown(after, ".3f")
+        table[f"{metric} change"] = shown(after - before, "+.3f")
+    return table
+
+
+def log_comparison(client: MlflowClient, parent_run_id: str, runs: list[Run]) -> None:
+    """The sweep at a glance on its parent run: the figure, and its numbers as the description."""
+    points, x_label = sweep_points(runs)
+    if points.empty:
+        return
+    metrics = tracking.VIEW_METRICS
+    client.log_figure(parent_run_id, sweep_comparison(points, metrics, x_label), COMPARISON_FIGURE)
+    note = [
+        f"**{len(points)} finished runs**, means over seeds (`{COMPARISON_FIGURE}` draws them).",
+        "",
+        tracking.markdown_numbers(sweep_table(points, metrics)),
+    ]
+    tracking.log_tags(client, parent_run_id, {MLFLOW_RUN_NOTE: "\n".join(note)})
+
+
 class MlflowSweepCallback(Callback):
     """Opens the sweep's parent MLflow run before the jobs and closes it after them."""
 
@@ -107,12 +191,12 @@ class MlflowSweepCallback(Callback):
         name = config.tracking.experiment_name
         self.client = tracking.get_client(config.tracking.tracking_uri)
         sweep_dir = Path(config.hydra.sweep.dir)
-        run = self.client.create_run(
-            tracking.get_or_create_experiment(self.client, name),
-            run_name=f"{name}-{sweep_dir.name}",
-            tags={SWEEP_TAG: name, "sweep_dir": str(sweep_dir.resolve())},
+        self.parent_run_id = tracking.create_run(
+            self.client,
+            name,
+            f"{name}-{sweep_dir.name}",
+            {SWEEP_TAG: name, "sweep_dir": str(sweep_dir.resolve())},
         )
-        self.parent_run_id = run.info.run_id
         points = grid_points(
             OmegaConf.to_container(config.hydra.sweeper.params) or {},
             OmegaConf.to_container(config.hydra.overrides.task),
@@ -138,9 +222,13 @@ class MlflowSweepCallback(Callback):
         client, run_id = self.client, self.parent_run_id
         self.parent_run_id = None
         os.environ.pop(PARENT_RUN_ENV, None)
-        statuses = [child.info.status for child in children(client, run_id)]
+        runs = children(client, run_id)
+        statuses = [child.info.status for child in runs]
         status = final_status(statuses, sweep_completed)
         counts = {f"sweep.children_{s.lower()}": statuses.count(s) for s in sorted(set(statuses))}
         tracking.log_tags(client, run_id, counts)
-        client.set_terminated(run_id, status)
+        try:
+            log_comparison(client, run_id, runs)
+        finally:
+            client.set_terminated(run_id, status)
         print(f"MLflow sweep parent run {run_id}: {status}, {len(statuses)} child runs")

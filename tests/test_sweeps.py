@@ -18,7 +18,16 @@ from omegaconf import OmegaConf, open_dict
 
 from entropic import tracking
 from entropic.config import RunConfig
-from entropic.sweeps import PARENT_RUN_FILE, final_status, grid_points, swept_values
+from entropic.sweeps import (
+    COMPARISON_FIGURE,
+    PARENT_RUN_FILE,
+    children,
+    final_status,
+    grid_points,
+    log_comparison,
+    sweep_points,
+    swept_values,
+)
 from tests.conftest import CONF_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,6 +187,9 @@ def test_smoke_sweep_makes_one_parent_with_tagged_children(smoke_sweep):
         "calibration_aggressive"
     )
     assert "parent run" in smoke_sweep.done.stdout
+    # why: the sweep's comparison is on its parent (the figure and the table in its description)
+    assert COMPARISON_FIGURE in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert "experiment=scarce_mixed" in parent.data.tags["mlflow.note.content"]
 
 
 def test_a_sweep_stopped_by_a_rejected_config_leaves_its_parent_failed(tmp_path):
@@ -235,3 +247,99 @@ def test_parallel_jobs_writing_one_sqlite_store_lose_nothing(tmp_path):
             (step, worker * 1000 + step) for step in range(count)
         ]
         assert run.info.status == "FINISHED"
+
+
+def logged_children(client: MlflowClient, points: list[tuple[str, str, float | None]]):
+    """A parent and one child per (sweep point, status, after/accuracy), as entropic.sweeps and
+    entropic.job leave them: before/* at step 0, after/* (None: the point did not train)."""
+    experiment_id = tracking.get_or_create_experiment(client, "sweep")
+    parent = tracking.create_run(client, "sweep", "parent", {"sweep": "sweep"})
+    for point, status, accuracy in points:
+        run_id = tracking.create_run(client, "sweep", point, {"sweep_point": point}, parent)
+        seed = point.rsplit("seed=", 1)[-1]
+        tracking.log_params(client, run_id, {"seed": seed})
+        before = {name: 0.2 for name in tracking.VIEW_METRICS}
+        tracking.log_metrics(client, run_id, before, step=0, prefix="before/")
+        if accuracy is not None:
+            after = {**before, "accuracy": accuracy}
+            tracking.log_metrics(client, run_id, after, step=4, prefix="after/")
+        client.set_terminated(run_id, status)
+    return parent, experiment_id
+
+
+@pytest.mark.parametrize(
+    ("points", "x_label", "conditions", "x"),
+    [
+        # why: the mix-ratio sweep is a curve over the labeled share; what every point shares
+        # (compute=cpu) and the seed do not tell conditions apart
+        (
+            [
+                ("compute=cpu,reward.labeled_fraction=0.5,seed=0", "FINISHED", 0.3),
+                ("compute=cpu,reward.labeled_fraction=0.5,seed=1", "FINISHED", 0.4),
+                ("compute=cpu,reward.labeled_fraction=0,seed=0", "FINISHED", 0.1),
+            ],
+            "reward.labeled_fraction",
+            ["reward.labeled_fraction=0.5", "reward.labeled_fraction=0"],
+            [0.5, 0.5, 0.0],
+        ),
+        # why: named conditions (experiments) are placed in launch order along an axis named
+        # after their key; a point that did not train has before/* only and is still drawn
+        (
+            [
+                ("experiment=prompting_baseline,seed=0", "FINISHED", None),
+                ("experiment=scarce_mixed,seed=0", "FINISHED", 0.3),
+            ],
+            "experiment",
+            ["experiment=prompting_baseline", "experiment=scarce_mixed"],
+            [0, 1],
+        ),
+        # why: points that differ in two keys have no one axis: conditions in launch order
+        (
+            [
+                ("a=1,b=2,seed=0", "FINISHED", 0.3),
+                ("a=2,b=3,seed=0", "FINISHED", 0.4),
+            ],
+            "condition",
+            ["a=1,b=2", "a=2,b=3"],
+            [0, 1],
+        ),
+        # why: a failed or killed point has no numbers to compare
+        (
+            [
+                ("experiment=a,seed=0", "FINISHED", 0.3),
+                ("experiment=b,seed=0", "FAILED", 0.9),
+            ],
+            "condition",
+            ["all"],
+            [0],
+        ),
+    ],
+)
+def test_sweep_points_tell_the_conditions_apart(points, x_label, conditions, x, mlflow_uri):
+    client = tracking.get_client(mlflow_uri)
+    parent, _ = logged_children(client, points)
+    table, label = sweep_points(children(client, parent))
+    assert label == x_label
+    assert sorted(table["condition"].unique()) == sorted(conditions)
+    assert sorted(table["x"]) == sorted(x)
+
+
+def test_the_sweep_parent_shows_its_comparison(mlflow_uri):
+    client = tracking.get_client(mlflow_uri)
+    parent, _ = logged_children(
+        client,
+        [
+            ("reward.labeled_fraction=0,seed=0", "FINISHED", 0.1),
+            ("reward.labeled_fraction=1.0,seed=0", "FINISHED", 0.3),
+            ("reward.labeled_fraction=1.0,seed=1", "FINISHED", 0.5),
+        ],
+    )
+    log_comparison(client, parent, children(client, parent))
+    logged = {a.path for a in client.list_artifacts(parent)}
+    # why: the mix-ratio curve is one click away, on the parent's page
+    assert COMPARISON_FIGURE in logged
+    note = client.get_run(parent).data.tags["mlflow.note.content"]
+    # the description holds the same numbers: labeled share 1.0 over two seeds, mean 0.4
+    row = next(line for line in note.splitlines() if "labeled_fraction=1.0" in line)
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[1:5] == ["2", "0.200", "0.400", "+0.200"]
