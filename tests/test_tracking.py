@@ -228,3 +228,5 @@ def test_every_experiment_gets_the_runs_view(mlflow_uri):
             start = columns.index(expected[0])
             assert columns[start : start + 3] == expected
         assert "params.`reward.labeled_fraction`" in columns
+        # why: without an order MLflow sorts metric columns by name: every after/* first
+        assert view["columnOrder"] == columns
