@@ -58,7 +58,7 @@ STAGE_DECIMALS = 4
 # The metrics the runs view shows for each stage (all of evaluate.SUMMARY_NAMES are logged).
 VIEW_METRICS = ("accuracy", "calibration_gap", "ece", "auroc")
 # Width of a metric column in the runs view, px: wide enough for "before/calibration_gap".
-VIEW_METRIC_WIDTH = 160
+VIEW_METRIC_WIDTH = 150
 # The params that tell runs apart in the runs view.
 VIEW_PARAMS = ("reward.name", "reward.labeled_fraction", "model.name", "seed")
 # MLflow's shared-view mechanism: the UI loads the view state stored in the experiment tag
@@ -99,19 +99,20 @@ def get_client(tracking_uri: str | None = None) -> MlflowClient:
 
 
 def runs_view() -> str:
-    """The runs-table view `make ui` opens (MLflow's view-state JSON): source and commit, the
-    params that tell runs apart, and before/after/change of the main eval metrics, side by side.
-    Without it the table shows no metric or param column until the user picks them."""
+    """The runs-table view `make ui` opens (MLflow's view-state JSON): before/after/change of the
+    main eval metrics side by side, the params that tell runs apart, source and commit. Without
+    it the table shows no metric or param column until the user picks them."""
     metrics = [f"metrics.`{stage}/{name}`" for name in VIEW_METRICS for stage in STAGES]
     columns = [
+        *metrics,
+        *(f"params.`{name}`" for name in VIEW_PARAMS),
         "attributes.`Source`",
         "attributes.`Version`",
         f"tags.`{DIRTY_TAG}`",
-        *(f"params.`{name}`" for name in VIEW_PARAMS),
-        *metrics,
     ]
-    # columnOrder: in this order, not MLflow's alphabetical one, which would put every after/*
-    # before every before/*
+    # columnOrder: in this order, metrics first (beside the run names, where a laptop screen
+    # shows them without scrolling), not MLflow's, which puts parameters first and sorts the
+    # metrics by name (every after/* before every before/*)
     view = {
         "selectedColumns": columns,
         "columnOrder": columns,
