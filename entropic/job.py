@@ -208,7 +208,7 @@ def train_job(cfg: DictConfig) -> RunResult:
         summary = summary_table(before, after)
         if after:
             for stage in ("after", "change"):
-                tracking.log_stage(client, run_id, stage, summary[stage], step)
+                tracking.log_stage(client, run_id, stage, summary[stage])
         client.log_text(run_id, summary.to_markdown(), "summary.md")
         tracking.log_tags(
             client, run_id, {MLFLOW_RUN_NOTE: description(config, summary, prepared.changed)}
@@ -281,7 +281,7 @@ def evaluate_base(prepared, checkpoint, tokenizer, dtype, client, run_id, resume
     tracking.log_metrics(client, run_id, metrics, step=0, prefix="eval/")
     # the table view's single value; eval/* keeps the history (step 0, periodic, last)
     summary = {name: metrics[name] for name in SUMMARY_NAMES}
-    tracking.log_stage(client, run_id, "before", summary, step=0)
+    tracking.log_stage(client, run_id, "before", summary)
     client.log_table(run_id, table, "predictions/before.json")
     return table, metrics
 

@@ -222,13 +222,16 @@ def log_metrics(
         client.log_batch(run_id, metrics=batch)
 
 
-def log_stage(
-    client: MlflowClient, run_id: str, stage: str, values: Mapping[str, float], step: int
-) -> None:
+def log_stage(client: MlflowClient, run_id: str, stage: str, values: Mapping[str, float]) -> None:
     """One stage of the evaluation (`STAGES`) as single values `<stage>/<metric>`, rounded to
-    `STAGE_DECIMALS` for the runs table and the compare view."""
+    `STAGE_DECIMALS` for the runs table and the compare view.
+
+    All at step 0, whatever the stage: a single value has no step, and MLflow's charts view draws
+    a metric no run logged past step 0 as a bar per run, where the trained runs' last steps
+    (16 for one run, 32 for the next) would make it a line chart of scattered dots.
+    """
     rounded = {name: round(float(value), STAGE_DECIMALS) for name, value in values.items()}
-    log_metrics(client, run_id, rounded, step, prefix=f"{stage}/")
+    log_metrics(client, run_id, rounded, step=0, prefix=f"{stage}/")
 
 
 def log_config(

@@ -251,7 +251,7 @@ def test_parallel_jobs_writing_one_sqlite_store_lose_nothing(tmp_path):
 
 def logged_children(client: MlflowClient, points: list[tuple[str, str, float | None]]):
     """A parent and one child per (sweep point, status, after/accuracy), as entropic.sweeps and
-    entropic.job leave them: before/* at step 0, after/* (None: the point did not train)."""
+    entropic.job leave them: before/* and after/* (None: the point did not train)."""
     experiment_id = tracking.get_or_create_experiment(client, "sweep")
     parent = tracking.create_run(client, "sweep", "parent", {"sweep": "sweep"})
     for point, status, accuracy in points:
@@ -259,10 +259,10 @@ def logged_children(client: MlflowClient, points: list[tuple[str, str, float | N
         seed = point.rsplit("seed=", 1)[-1]
         tracking.log_params(client, run_id, {"seed": seed})
         before = {name: 0.2 for name in tracking.VIEW_METRICS}
-        tracking.log_metrics(client, run_id, before, step=0, prefix="before/")
+        tracking.log_stage(client, run_id, "before", before)
         if accuracy is not None:
             after = {**before, "accuracy": accuracy}
-            tracking.log_metrics(client, run_id, after, step=4, prefix="after/")
+            tracking.log_stage(client, run_id, "after", after)
         client.set_terminated(run_id, status)
     return parent, experiment_id
 

@@ -49,9 +49,9 @@ def logged_runs(uri: str) -> dict[str, str]:
     for name, accuracy in (("older", 0.2), ("newer", 0.3)):
         with tracking.mlflow_run(client, name, f"{name}-run", {}) as run_id:
             tracking.log_params(client, run_id, {"reward.labeled_fraction": "0.5", "seed": "0"})
-            tracking.log_metrics(client, run_id, {"accuracy": 0.1}, step=0, prefix="before/")
-            tracking.log_metrics(client, run_id, {"accuracy": accuracy}, step=2, prefix="after/")
-            tracking.log_metrics(client, run_id, {"accuracy": accuracy - 0.1}, 2, "change/")
+            tracking.log_stage(client, run_id, "before", {"accuracy": 0.1})
+            tracking.log_stage(client, run_id, "after", {"accuracy": accuracy})
+            tracking.log_stage(client, run_id, "change", {"accuracy": accuracy - 0.1})
         ids[name] = client.get_run(run_id).info.experiment_id
     return ids
 
