@@ -166,7 +166,8 @@ def sweep_table(points: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
 
 
 def log_comparison(client: MlflowClient, parent_run_id: str, runs: list[Run]) -> None:
-    """The sweep at a glance on its parent run: the figure, and its numbers as the description."""
+    """The sweep at a glance on its parent run: the figure, and as the description its numbers
+    and the figure again, so the parent's page shows both."""
     points, x_label = sweep_points(runs)
     if points.empty:
         return
@@ -176,6 +177,10 @@ def log_comparison(client: MlflowClient, parent_run_id: str, runs: list[Run]) ->
         f"**{len(points)} finished runs**, means over seeds (`{COMPARISON_FIGURE}` draws them).",
         "",
         tracking.markdown_numbers(sweep_table(points, metrics)),
+        "",
+        # the UI renders the description's markdown: a URL relative to the UI's own address
+        # reaches the artifact through the server that shows it (its get-artifact endpoint)
+        f"![sweep comparison](get-artifact?path={COMPARISON_FIGURE}&run_uuid={parent_run_id})",
     ]
     tracking.log_tags(client, parent_run_id, {MLFLOW_RUN_NOTE: "\n".join(note)})
 

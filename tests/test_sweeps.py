@@ -343,3 +343,5 @@ def test_the_sweep_parent_shows_its_comparison(mlflow_uri):
     row = next(line for line in note.splitlines() if "labeled_fraction=1.0" in line)
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     assert cells[1:5] == ["2", "0.200", "0.400", "+0.200"]
+    # why: the parent's page shows the figure in its description, served by the UI's server
+    assert f"get-artifact?path={COMPARISON_FIGURE}&run_uuid={parent}" in note
