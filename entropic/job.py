@@ -369,9 +369,9 @@ def headline(config: RunConfig) -> str:
 def description(config: RunConfig, table: pd.DataFrame, changed: Changed) -> str:
     """The run's MLflow description (the top of its page in the UI): the before/after/change
     table, and what the CPU caps changed from the config."""
-    shown = table.map(lambda v: "-" if pd.isna(v) else f"{v:.3f}")
+    shown = table.apply(tracking.cells, form=".3f")
     if "change" in table:
-        shown["change"] = table["change"].map(lambda v: "-" if pd.isna(v) else f"{v:+.3f}")
+        shown["change"] = tracking.cells(table["change"], "+.3f")
     lines = [f"**{headline(config)}**", "", tracking.markdown_numbers(shown)]
     if changed:
         caps = ", ".join(f"`{key}` {old} -> {new}" for key, (old, new) in changed.items())

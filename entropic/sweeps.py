@@ -151,17 +151,13 @@ def sweep_table(points: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
     )
     grouped = points.groupby("condition", sort=False)
     table = pd.DataFrame({"runs": grouped.size()})
-
-    def shown(values: pd.Series, form: str) -> pd.Series:
-        # "-": a condition that does not train (the prompting baseline) has no after
-        return values.map(lambda v: "-" if pd.isna(v) else format(v, form))
-
     for metric in metrics:
         before = grouped[f"before/{metric}"].mean()
+        # NaN, shown as "-", for a condition that does not train (the prompting baseline)
         after = grouped[f"after/{metric}"].mean()
-        table[f"{metric} before"] = shown(before, ".3f")
-        table[f"{metric} after"] = shown(after, ".3f")
-        table[f"{metric} change"] = shown(after - before, "+.3f")
+        table[f"{metric} before"] = tracking.cells(before, ".3f")
+        table[f"{metric} after"] = tracking.cells(after, ".3f")
+        table[f"{metric} change"] = tracking.cells(after - before, "+.3f")
     return table
 
 

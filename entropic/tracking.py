@@ -326,6 +326,12 @@ def create_run(
     return run.info.run_id
 
 
+def cells(values: pd.Series, form: str) -> pd.Series:
+    """Numbers as table cells in `form` (".3f", "+.3f"); "-" where there is none (NaN: a run
+    that did not train has no after, an evaluation without parsed confidences no ECE)."""
+    return values.map(lambda v: "-" if pd.isna(v) else format(v, form))
+
+
 def markdown_numbers(table: pd.DataFrame) -> str:
     """A table of numbers formatted as text, as markdown for a run's description: right-aligned
     and kept as formatted (tabulate would print 0.000 as 0)."""
