@@ -145,7 +145,9 @@ def sweep_points(runs: list[Run]) -> tuple[pd.DataFrame, str]:
 
 
 def sweep_table(points: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
-    """Per condition: how many runs, and each metric's mean before, after and change."""
+    """Per condition: how many runs, and per metric one cell "before -> after (change)" of the
+    means over seeds; "before" alone where the condition does not train (prompting baseline).
+    One cell per metric keeps the table narrow enough for the run page's description."""
     points = points.reindex(
         columns=[*points, *(f"after/{m}" for m in metrics if f"after/{m}" not in points)]
     )
@@ -153,30 +155,36 @@ def sweep_table(points: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
     table = pd.DataFrame({"runs": grouped.size()})
     for metric in metrics:
         before = grouped[f"before/{metric}"].mean()
-        # NaN, shown as "-", for a condition that does not train (the prompting baseline)
         after = grouped[f"after/{metric}"].mean()
-        table[f"{metric} before"] = tracking.cells(before, ".3f")
-        table[f"{metric} after"] = tracking.cells(after, ".3f")
-        table[f"{metric} change"] = tracking.cells(after - before, "+.3f")
+        moved = (
+            tracking.cells(before, ".3f")
+            + " -> "
+            + tracking.cells(after, ".3f")
+            + " ("
+            + tracking.cells(after - before, "+.3f")
+            + ")"
+        )
+        table[metric] = moved.where(after.notna(), tracking.cells(before, ".3f"))
     return table
 
 
 def log_comparison(client: MlflowClient, parent_run_id: str, runs: list[Run]) -> None:
-    """The sweep at a glance on its parent run: the figure, and as the description its numbers
-    and the figure again, so the parent's page shows both."""
+    """The sweep at a glance on its parent run: the figure, and as the description the figure
+    again and its numbers, so the parent's page shows both."""
     points, x_label = sweep_points(runs)
     if points.empty:
         return
     metrics = tracking.VIEW_METRICS
     client.log_figure(parent_run_id, sweep_comparison(points, metrics, x_label), COMPARISON_FIGURE)
     note = [
-        f"**{len(points)} finished runs**, means over seeds (`{COMPARISON_FIGURE}` draws them).",
-        "",
-        tracking.markdown_numbers(sweep_table(points, metrics)),
+        f"**{len(points)} finished runs**: before -> after training (change), means over seeds.",
         "",
         # the UI renders the description's markdown: a URL relative to the UI's own address
-        # reaches the artifact through the server that shows it (its get-artifact endpoint)
+        # reaches the artifact through the server that shows it (its get-artifact endpoint);
+        # first, because the run page shows the top of a long description until "Show more"
         f"![sweep comparison](get-artifact?path={COMPARISON_FIGURE}&run_uuid={parent_run_id})",
+        "",
+        tracking.markdown_numbers(sweep_table(points, metrics)),
     ]
     tracking.log_tags(client, parent_run_id, {MLFLOW_RUN_NOTE: "\n".join(note)})
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
@@ -26,6 +27,7 @@ from entropic.sweeps import (
     grid_points,
     log_comparison,
     sweep_points,
+    sweep_table,
     swept_values,
 )
 from tests.conftest import CONF_DIR
@@ -342,6 +344,29 @@ def test_the_sweep_parent_shows_its_comparison(mlflow_uri):
     # the description holds the same numbers: labeled share 1.0 over two seeds, mean 0.4
     row = next(line for line in note.splitlines() if "labeled_fraction=1.0" in line)
     cells = [cell.strip() for cell in row.strip("|").split("|")]
-    assert cells[1:5] == ["2", "0.200", "0.400", "+0.200"]
+    assert cells[1:3] == ["2", "0.200 -> 0.400 (+0.200)"]
     # why: the parent's page shows the figure in its description, served by the UI's server
     assert f"get-artifact?path={COMPARISON_FIGURE}&run_uuid={parent}" in note
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        # why: the mean over seeds before and after, and their difference, in one cell
+        (
+            [("lf=1", 0.2, 0.3), ("lf=1", 0.2, 0.5)],
+            {"lf=1": (2, "0.200 -> 0.400 (+0.200)")},
+        ),
+        # why: a condition that does not train (the prompting baseline) has its one value only
+        (
+            [("prompted", 0.3, None), ("rl", 0.2, 0.25)],
+            {"prompted": (1, "0.300"), "rl": (1, "0.200 -> 0.250 (+0.050)")},
+        ),
+    ],
+)
+def test_the_sweep_table_has_one_cell_per_metric(rows, expected):
+    points = pd.DataFrame(
+        [{"condition": c, "before/accuracy": b, "after/accuracy": a} for c, b, a in rows]
+    )
+    table = sweep_table(points, ("accuracy",))
+    assert {c: (row["runs"], row["accuracy"]) for c, row in table.iterrows()} == expected
