@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -115,6 +117,29 @@ def wait_until_up(base: str, server: subprocess.Popen, timeout_s: float) -> bool
     return False
 
 
+def port_is_free(host: str, port: int) -> bool:
+    """Whether the server can bind: an MLflow UI left running there would answer /health in its
+    place, and `make ui` would open the other store's runs."""
+    with socket.socket() as probe:
+        # as uvicorn binds: connections of an earlier server waiting out TIME_WAIT do not count
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (kill, a closing terminal's session) unwinds like Ctrl-C, so the server is stopped
+    too rather than left running without its parent."""
+
+    def raise_interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, raise_interrupt)
+
+
 def has_display() -> bool:
     """Whether a browser can open here; on a server over ssh `webbrowser` would start a text
     browser in the terminal instead."""
@@ -139,6 +164,13 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if not port_is_free(args.host, args.port):
+        print(
+            f"error: port {args.port} on {args.host} is in use (another MLflow UI?). Fix: stop it, "
+            f"or make ui PORT={args.port + 1}",
+            file=sys.stderr,
+        )
+        return 2
     base = f"http://{args.host}:{args.port}"
     experiment = newest_experiment(MlflowClient(uri))
     url = runs_url(base, experiment) if experiment else f"{base}/#/experiments?{TRAINING_MODE}"
@@ -148,21 +180,23 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"  no runs yet (make demo logs one): {url}")
     print(f"  every experiment: {base}/#/experiments?{TRAINING_MODE}")
-    print("  starting the server (one worker, job execution off); Ctrl-C stops it")
+    print("  starting the server (one worker, job execution off); Ctrl-C stops it", flush=True)
+    stop_on_sigterm()
     server = subprocess.Popen(server_command(uri, args.host, args.port), env=server_env())
     try:
         if not wait_until_up(base, server, START_TIMEOUT_S):
-            if server.poll() is None:
-                server.terminate()
             print(f"error: the MLflow server did not answer on {base}", file=sys.stderr)
-            return server.wait() or 1
-        print(f"ready: {url}")
+            return 1
+        print(f"ready: {url}", flush=True)
         if not args.no_browser and has_display():
             webbrowser.open(url)
         return server.wait()
     except KeyboardInterrupt:
-        server.terminate()
-        return server.wait()
+        return 0
+    finally:
+        if server.poll() is None:
+            server.terminate()  # mlflow's launcher passes it on to its worker
+            server.wait(timeout=30)
 
 
 if __name__ == "__main__":

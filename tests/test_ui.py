@@ -3,9 +3,13 @@ where Chromium is installed, the real UI on a real store showing before/after/ch
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -94,6 +98,44 @@ def test_a_missing_store_names_the_variable_and_the_fix(tmp_path, monkeypatch, c
     assert "none.db" in error and "MLFLOW_TRACKING_URI" in error and "Fix:" in error
     # why: it must not create an empty store where the user expected their runs
     assert not (tmp_path / "none.db").exists()
+
+
+def test_a_busy_port_is_an_error_not_another_stores_ui(tmp_path, monkeypatch, capsys):
+    """An MLflow UI left running on the port would answer in place of the new one, showing
+    whatever store it was started on."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.get_client(uri).search_experiments()  # the store exists
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert ui.main(["--no-browser", "--port", str(port)]) == 2
+    error = capsys.readouterr().err
+    assert f"port {port}" in error and f"PORT={port + 1}" in error and "Fix:" in error
+
+
+def test_stopping_make_ui_stops_its_server(tmp_path):
+    """`kill <pid of make ui>` (SIGTERM) must not leave the MLflow server on the port without
+    its parent, where the next make ui would find it (about 10 s)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.get_client(uri).search_experiments()
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "entropic.ui", "--no-browser", "--port", str(port)]
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        # the wrapper prints "ready" once /health answers, or exits after its own timeout
+        assert any(line.startswith("ready") for line in process.stdout)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while not ui.port_is_free("127.0.0.1", port) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ui.port_is_free("127.0.0.1", port)
 
 
 def free_port() -> int:
