@@ -359,7 +359,9 @@ def uncertainty_section(prepared: Prepared, checkpoint, tokenizer, args):
     model = models.load_model(checkpoint, torch.float32, prepared.device)
     eval_cfg = EvalConfig(batch_size=32, max_new_tokens=args.max_new_tokens)
     started = time.perf_counter()
-    greedy, metrics = evaluate(model, tokenizer, questions, config.prompt, eval_cfg)
+    greedy, metrics = evaluate(
+        model, tokenizer, questions, config.prompt, eval_cfg, config.generation.name
+    )
     greedy_s = time.perf_counter() - started
     started = time.perf_counter()
     samples = sample_answers(
@@ -372,6 +374,7 @@ def uncertainty_section(prepared: Prepared, checkpoint, tokenizer, args):
         max_new_tokens=args.max_new_tokens,
         batch_size=max(1, 32 // args.k),
         seed=config.seed,
+        engine=config.generation.name,
     )
     scores = score_questions(samples, build_clusterer("exact"))
     sampled_s = time.perf_counter() - started

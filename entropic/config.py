@@ -420,6 +420,21 @@ class ComputeConfig:
         _require(self.vllm_gpus >= 0, "compute.vllm_gpus", "must be >= 0", "e.g. 1")
 
 
+# engines of evaluation answers and sampled answers (entropic.generation.ENGINES)
+GENERATION_ENGINES = ("hf", "prefix_cache")
+
+
+@dataclass
+class GenerationConfig:
+    # engine of every greedy evaluation and of the sampled answers of the stability study and
+    # the calibration pipeline: hf (transformers' generate) | prefix_cache (one prefill per
+    # shared prefix; entropic/generation.py)
+    name: str = "hf"
+
+    def __post_init__(self) -> None:
+        _one_of(self.name, GENERATION_ENGINES, "generation.name")
+
+
 ROLLOUT_BACKENDS = ("hf", "vllm_colocate", "vllm_server")
 
 
@@ -486,6 +501,8 @@ class RunConfig:
     tracking: TrackingConfig
     # who generates the rollouts (hf, or vLLM on GPUs)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    # engine of evaluation answers and sampled answers (hf or prefix_cache)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
     # what GRPO trains: LoRA adapters (the default, as the reference) or every weight
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     # global seed: data subset, labeled subset, sampling, initialisation
@@ -549,5 +566,6 @@ _SECTION_TYPES: dict[str, type] = {
     "compute": ComputeConfig,
     "tracking": TrackingConfig,
     "rollout": RolloutConfig,
+    "generation": GenerationConfig,
     "adapter": AdapterConfig,
 }

@@ -193,9 +193,7 @@ def train_job(cfg: DictConfig) -> RunResult:
             trainer = train(
                 prepared, checkpoint, tokenizer, dtype, client, run_id, resume_from, output_dir
             )
-            after_table, after = evaluate(
-                trainer.model, tokenizer, prepared.splits.eval, config.prompt, config.eval
-            )
+            after_table, after = evaluate_held_out(trainer.model, tokenizer, config, prepared)
             step = trainer.state.global_step
             tracking.log_metrics(client, run_id, after, step=step, prefix="eval/")
             client.log_table(run_id, after_table, "predictions/after.json")
@@ -257,6 +255,13 @@ def logged_result(client: MlflowClient, run: Run, output_dir: Path, seconds: flo
     return RunResult(run.info.run_id, before, after, str(output_dir), seconds)
 
 
+def evaluate_held_out(model, tokenizer, config: RunConfig, prepared: Prepared):
+    """Greedy evaluation on every held-out question, as the run's config says to generate."""
+    return evaluate(
+        model, tokenizer, prepared.splits.eval, config.prompt, config.eval, config.generation.name
+    )
+
+
 def evaluate_base(prepared, checkpoint, tokenizer, dtype, client, run_id, resumed: bool):
     """Greedy evaluation of the untrained model, logged at step 0 (reused when resuming)."""
     config = prepared.config
@@ -266,7 +271,7 @@ def evaluate_base(prepared, checkpoint, tokenizer, dtype, client, run_id, resume
         return table, summarize(table)
     model = models.load_model(checkpoint, dtype, prepared.device)
     log.info("Evaluating the base model on %d questions", len(prepared.splits.eval))
-    table, metrics = evaluate(model, tokenizer, prepared.splits.eval, config.prompt, config.eval)
+    table, metrics = evaluate_held_out(model, tokenizer, config, prepared)
     table.to_parquet(saved)
     tracking.log_metrics(client, run_id, metrics, step=0, prefix="eval/")
     client.log_table(run_id, table, "predictions/before.json")
@@ -334,7 +339,7 @@ def train_on_other_rank(prepared: Prepared, output_dir: Path, resume_from: str |
     dtype = models.torch_dtype(config.model, prepared.device)
     trainer = train(prepared, checkpoint, tokenizer, dtype, None, None, resume_from, output_dir)
     if is_deepspeed_zero3_enabled():
-        evaluate(trainer.model, tokenizer, prepared.splits.eval, config.prompt, config.eval)
+        evaluate_held_out(trainer.model, tokenizer, config, prepared)
 
 
 def summary_table(before: dict[str, float], after: dict[str, float]) -> pd.DataFrame:

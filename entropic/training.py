@@ -175,10 +175,12 @@ class PeriodicEvalCallback(TrainerCallback):
         questions: datasets.Dataset,
         prompt: PromptConfig,
         eval_cfg: EvalConfig,
+        engine: str,
         client: MlflowClient,
         run_id: str,
     ):
         self.every_n_steps = every_n_steps
+        self.engine = engine
         self.tokenizer = tokenizer
         self.questions = questions
         self.prompt = prompt
@@ -192,7 +194,9 @@ class PeriodicEvalCallback(TrainerCallback):
             return
         if not state.is_world_process_zero:
             return
-        _, metrics = evaluate(model, self.tokenizer, self.questions, self.prompt, self.eval_cfg)
+        _, metrics = evaluate(
+            model, self.tokenizer, self.questions, self.prompt, self.eval_cfg, self.engine
+        )
         log_metrics(self.client, self.run_id, metrics, step=state.global_step, prefix="eval/")
 
 
@@ -220,6 +224,7 @@ def build_trainer(
                     periodic_questions,
                     cfg.prompt,
                     cfg.eval,
+                    cfg.generation.name,
                     client,
                     run_id,
                 )

@@ -4,13 +4,16 @@ log-probabilities, the same samples for a seed, an adapter honoured, bad input r
 
 from __future__ import annotations
 
+import datasets
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
+from entropic import config as config_module
 from entropic import models
 from entropic.config import RunConfig
+from entropic.evaluate import evaluate
 from entropic.generation import (
     ENGINES,
     Sampling,
@@ -252,6 +255,27 @@ def test_the_model_leaves_in_the_mode_it_came_in(tiny):
         assert model.training
     finally:
         model.eval()
+
+
+def test_evaluate_gives_the_same_predictions_with_either_engine(tiny):
+    model, tokenizer, _, config = tiny
+    questions = datasets.Dataset.from_dict(
+        {
+            "question_id": [f"q{i}" for i in range(len(QUESTIONS))],
+            "question": QUESTIONS,
+            "answers": [["Paris"], ["Portugal"], ["Yen"], ["Lima"], ["Indian Ocean"]],
+        }
+    )
+    tables = {
+        engine: evaluate(model, tokenizer, questions, config.prompt, config.eval, engine)[0]
+        for engine in ENGINES
+    }
+    assert tables["prefix_cache"].equals(tables["hf"])
+
+
+def test_the_config_offers_every_engine():
+    # why: the config validates names without importing torch; the two lists must agree
+    assert set(config_module.GENERATION_ENGINES) == set(ENGINES)
 
 
 BAD_INPUT = [
