@@ -2,18 +2,20 @@
 transformers' `generate`.
 
 Most of what a CPU run generates is the same prompt again and again: every question starts with
-the same system message and few-shot turns (about 110 of its ~135 tokens), GRPO samples each
+the same system message and few-shot turns (157 of its ~175 tokens with the default 3-shot
+prompt and SmolLM2's tokenizer), GRPO samples each
 prompt G times, the stability study K times, and the answers are short. `model.generate`
 prefills every copy from scratch, so on a CPU the prefill is most of the cost.
 `engine="prefix_cache"` does each piece of work once:
 
 1. The longest common token prefix of the distinct prompts is prefilled once (batch 1).
-2. Its KV cache is copied to every row of a chunk of distinct prompts, and each prompt's own
-   suffix (the question) is prefilled once on top of it.
-3. The G (or K) continuations of a prompt start from copies of that prompt's cache rows and are
-   decoded together, up to `batch_size` rows at a time; rows that stop are dropped from the batch
-   once a quarter of it has stopped (`COMPACT_SHARE`), so one long answer does not keep the
-   finished ones computing.
+2. Its KV cache is copied to each distinct prompt as it starts, and the prompt's own suffix (the
+   question) is prefilled once on top of it.
+3. The prompt's G (or K) continuations start from copies of that cache row and are decoded in
+   one batch of at most `batch_size` rows. Rows that stop leave the batch once they are a
+   quarter of it (`COMPACT_SHARE`), and waiting prompts take their places (continuous
+   batching), so one long answer neither keeps finished rows computing nor holds the next
+   prompts back.
 
 Layout of a batch (why padding sits between prefix and suffix). Suffixes differ in length. The
 shared prefix takes columns 0..P-1 in every row; each suffix is right-aligned after it, with
@@ -24,12 +26,15 @@ the padding in between, masked out by the attention mask:
 
 So the prefix cache is the same tensor for every row (a plain copy, no per-row shift), every
 row's next token goes into the same column (one decode step is one forward of shape [rows, 1]),
-and the last column of the suffix prefill is every row's last prompt token. Position ids are
-passed explicitly and skip the padding (prefix 0..P-1, suffix P..P+S-1, then on), so each row
-sees exactly the positions it would see alone: the rotary embeddings and the attention weights
-are those of the unpadded prompt, as `generate` gives them with left padding. (Right padding
-would put each row's next token in a different column; left-padding whole prompts would shift
-the shared prefix to a different column per row, so it could not be one shared copy.)
+and the last column of the suffix prefill is every row's last prompt token. A prompt that joins
+a running batch is aligned the same way: masked columns are inserted after the prefix of
+whichever is narrower (`_Batch.widen`), and cut again once no row attends to them
+(`_Batch.trim`). Position ids are passed explicitly and skip the padding (prefix 0..P-1, suffix
+P..P+S-1, then on), so each row sees exactly the positions it would see alone: the rotary
+embeddings and the attention weights are those of the unpadded prompt, as `generate` gives them
+with left padding. (Right padding would put each row's next token in a different column;
+left-padding whole prompts would shift the shared prefix to a different column per row, so it
+could not be one shared copy.)
 
 Models with sliding-window or linear-attention layers are rejected: with padding inside the
 sequence, a window counted in columns would not be the window the model was trained with.
@@ -49,6 +54,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -244,7 +250,7 @@ def common_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
 
 def _prefix_cache_generate(model, request: _Request) -> Generated:
     forward = _Forward(model)
-    k, batch_size = request.samples_per_prompt, request.batch_size
+    k = request.samples_per_prompt
     # each distinct prompt once, with the output rows it owes (identical prompts share one)
     rows_of: dict[tuple[int, ...], list[int]] = {}
     for index, ids in enumerate(request.prompts):
@@ -252,71 +258,157 @@ def _prefix_cache_generate(model, request: _Request) -> Generated:
     distinct = [list(ids) for ids in rows_of]
     prefix_length = common_prefix_length(distinct)
     prefix = forward.prefill_prefix(distinct[0][:prefix_length])
+    # what is still to start: (distinct prompt, the output rows it owes), in order
+    waiting = deque((i, list(rows)) for i, rows in enumerate(rows_of.values()))
 
     n_rows = len(request.prompts) * k
     token_ids: list[list[int]] = [[] for _ in range(n_rows)]
     token_logprobs: list[list[float]] = [[] for _ in range(n_rows)]
-    for chunk in _chunks([len(rows) for rows in rows_of.values()], batch_size):
-        suffixes = [distinct[i][prefix_length:] for i in chunk]
-        state = forward.prefill_suffixes(prefix, prefix_length, suffixes, request.pad_token_id)
-        # (position in the chunk, output row) of every sequence this chunk's prompts owe
-        owed = [(j, row) for j, i in enumerate(chunk) for row in rows_of[tuple(distinct[i])]]
-        for start in range(0, len(owed), batch_size):
-            batch = owed[start : start + batch_size]
-            prompt_rows = torch.tensor([j for j, _ in batch])
-            last = start + batch_size >= len(owed)
-            decoded = _decode(forward, state.select(prompt_rows, reuse=last), request)
-            for (_, row), (tokens, logps) in zip(batch, decoded, strict=True):
-                token_ids[row], token_logprobs[row] = tokens, logps
-            request.bar.update(len(batch))
-    return Generated(token_ids, token_logprobs if request.want_logprobs else None, prefix_length)
+    warpers = request.sampling.warpers()
+    batch: _Batch | None = None
+    while waiting or batch is not None:
+        free = request.batch_size - (len(batch) if batch else 0)
+        # an empty batch takes whatever waits; a running one once a quarter of it is free
+        if waiting and free >= (COMPACT_SHARE * request.batch_size if batch else 1):
+            admitted = _admit(waiting, free, partial=batch is None)
+            if admitted:
+                suffixes = [distinct[i][prefix_length:] for i, _ in admitted]
+                joining = forward.prefill_suffixes(prefix, prefix_length, suffixes, request)
+                # each prompt's rows start from copies of its cache row
+                joining.keep(
+                    torch.tensor([j for j, (_, rows) in enumerate(admitted) for _ in rows]),
+                    rows=torch.tensor([row for _, rows in admitted for row in rows]),
+                )
+                batch = joining if batch is None else batch.merge(joining, prefix_length)
+        tokens, logprobs = _pick(batch.logits, request.sampling, warpers)
+        for position, token, logprob in zip(
+            (~batch.stopped).nonzero().flatten().tolist(),
+            tokens[~batch.stopped.to(tokens.device)].tolist(),
+            logprobs[~batch.stopped.to(tokens.device)].tolist(),
+            strict=True,
+        ):
+            row = int(batch.rows[position])
+            token_ids[row].append(token)
+            token_logprobs[row].append(logprob)
+        batch.generated += (~batch.stopped).long()
+        ended = torch.isin(tokens.cpu(), request.stops) | (
+            batch.generated >= request.max_new_tokens
+        )
+        request.bar.update(int((ended & ~batch.stopped).sum()))
+        batch.stopped |= ended
+        if bool(batch.stopped.all()):
+            batch = None
+            continue
+        if batch.stopped.sum() >= COMPACT_SHARE * len(batch):
+            keep = (~batch.stopped).nonzero().flatten()
+            batch.keep(keep)
+            tokens = tokens[keep.to(tokens.device)]
+            batch.trim(prefix_length)
+        forward.step(batch, tokens)
+    logprobs_out = token_logprobs if request.want_logprobs else None
+    return Generated(token_ids, logprobs_out, prefix_length)
 
 
-def _chunks(rows_per_prompt: list[int], batch_size: int) -> Iterator[list[int]]:
-    """Consecutive distinct prompts whose rows fill about one decode batch (at least one prompt:
-    a prompt owing more rows than a batch holds is decoded in several batches from one prefill)."""
-    chunk: list[int] = []
-    rows = 0
-    for index, count in enumerate(rows_per_prompt):
-        if chunk and rows + count > batch_size:
-            yield chunk
-            chunk, rows = [], 0
-        chunk.append(index)
-        rows += count
-    yield chunk
+def _admit(waiting: deque, free: int, partial: bool) -> list[tuple[int, list[int]]]:
+    """Prompts that start now: whole prompts from the front while their rows fit in `free`
+    rows. With `partial` (an empty batch) a prompt owing more rows than a batch holds starts
+    with as many as fit; the rest wait (and its suffix is prefilled again for them)."""
+    admitted: list[tuple[int, list[int]]] = []
+    while waiting and len(waiting[0][1]) <= free:
+        prompt, rows = waiting.popleft()
+        admitted.append((prompt, rows))
+        free -= len(rows)
+    if not admitted and partial:
+        prompt, rows = waiting[0]
+        admitted.append((prompt, rows[:free]))
+        del rows[:free]
+    return admitted
 
 
 @dataclass
 class _Batch:
-    """Decoder state of a batch of rows: their cache, the logits of their next token, their
-    attention mask over the cache's columns and the position id of their next token."""
+    """Decoder state of the rows being generated. Column layout (module docstring): the shared
+    prefix, then each row's own tokens right-aligned, masked padding between."""
 
     cache: DynamicCache
+    # logits of each row's next token
     logits: torch.Tensor
+    # 1 for every cache column the row attends to (its prefix, its own tokens), 0 for padding
     mask: torch.Tensor
+    # position id of each row's next token
     positions: torch.Tensor
+    # output row of each batch row (CPU)
+    rows: torch.Tensor
+    # tokens each row has generated (CPU)
+    generated: torch.Tensor
+    # whether the row has stopped (CPU); stopped rows are fed until they are dropped
+    stopped: torch.Tensor
 
-    def select(self, rows: torch.Tensor, reuse: bool) -> _Batch:
-        """A batch of these rows (repeats allowed). With `reuse` (the last batch taken from this
-        one) it is this batch itself, its rows selected in place, and not copied at all when
-        they are all its rows in order (evaluation: one row per prompt)."""
-        if reuse:
-            if not torch.equal(rows, torch.arange(len(self.logits))):
-                self.keep(rows.to(self.logits.device))
-            return self
-        cache = DynamicCache()
-        for layer_index, layer in enumerate(self.cache.layers):
-            cache.update(layer.keys[rows], layer.values[rows], layer_index)
-        return _Batch(cache, self.logits[rows], self.mask[rows], self.positions[rows])
+    def __len__(self) -> int:
+        return len(self.logits)
 
-    def keep(self, rows: torch.Tensor) -> None:
-        """Keep these rows (repeats allowed) and drop the others, in place."""
-        self.cache.batch_select_indices(rows)
-        self.logits, self.mask, self.positions = (
-            self.logits[rows],
-            self.mask[rows],
-            self.positions[rows],
-        )
+    def keep(self, index: torch.Tensor, rows: torch.Tensor | None = None) -> None:
+        """Keep the batch rows at `index` (repeats allowed), in place; `rows` renames them."""
+        on_device = index.to(self.logits.device)
+        self.cache.batch_select_indices(on_device)
+        self.logits, self.mask = self.logits[on_device], self.mask[on_device]
+        self.positions = self.positions[on_device]
+        self.rows = self.rows[index] if rows is None else rows
+        self.generated, self.stopped = self.generated[index], self.stopped[index]
+
+    def widen(self, width: int, prefix_length: int) -> None:
+        """Insert masked padding after the prefix until the batch is `width` columns wide."""
+        extra = width - self.mask.shape[1]
+        if extra <= 0:
+            return
+        for layer in self.cache.layers:
+            # DynamicLayer keeps its tensors as `keys` and `values`, as its own
+            # batch_select_indices rewrites them
+            layer.keys = _insert_columns(layer.keys, prefix_length, extra, dim=2)
+            layer.values = _insert_columns(layer.values, prefix_length, extra, dim=2)
+        self.mask = _insert_columns(self.mask, prefix_length, extra, dim=1)
+
+    def trim(self, prefix_length: int) -> None:
+        """Drop the padding columns no row attends to any more (rows that joined late left
+        them; rows that stopped have gone), once there are enough to be worth a copy."""
+        attended = self.mask[:, prefix_length:].any(dim=0)
+        unused = int(attended.int().argmax()) if bool(attended.any()) else 0
+        if unused < TRIM_COLUMNS:
+            return
+        for layer in self.cache.layers:
+            layer.keys = _remove_columns(layer.keys, prefix_length, unused, dim=2)
+            layer.values = _remove_columns(layer.values, prefix_length, unused, dim=2)
+        self.mask = _remove_columns(self.mask, prefix_length, unused, dim=1)
+
+    def merge(self, other: _Batch, prefix_length: int) -> _Batch:
+        """This batch and `other` as one, both padded to the wider of the two."""
+        width = max(self.mask.shape[1], other.mask.shape[1])
+        self.widen(width, prefix_length)
+        other.widen(width, prefix_length)
+        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
+            mine.keys = torch.cat([mine.keys, theirs.keys])
+            mine.values = torch.cat([mine.values, theirs.values])
+        for name in ("logits", "mask", "positions", "rows", "generated", "stopped"):
+            setattr(self, name, torch.cat([getattr(self, name), getattr(other, name)]))
+        return self
+
+
+# Trim unused padding columns once there are this many: each trim copies the whole cache.
+TRIM_COLUMNS = 16
+
+
+def _remove_columns(tensor: torch.Tensor, at: int, count: int, dim: int) -> torch.Tensor:
+    """`tensor` without the `count` columns from column `at` of dimension `dim`."""
+    before, _, after = tensor.split([at, count, tensor.shape[dim] - at - count], dim=dim)
+    return torch.cat([before, after], dim=dim)
+
+
+def _insert_columns(tensor: torch.Tensor, at: int, count: int, dim: int) -> torch.Tensor:
+    """`tensor` with `count` zero columns inserted before column `at` of dimension `dim`."""
+    shape = list(tensor.shape)
+    shape[dim] = count
+    before, after = tensor.split([at, tensor.shape[dim] - at], dim=dim)
+    return torch.cat([before, tensor.new_zeros(shape), after], dim=dim)
 
 
 class _Forward:
@@ -358,15 +450,19 @@ class _Forward:
         return cache
 
     def prefill_suffixes(
-        self, prefix: DynamicCache, prefix_length: int, suffixes: list[list[int]], pad: int
+        self,
+        prefix: DynamicCache,
+        prefix_length: int,
+        suffixes: list[list[int]],
+        request: _Request,
     ) -> _Batch:
-        """Each suffix right-aligned after a copy of the prefix (see the module docstring)."""
-        rows, width = len(suffixes), max(len(s) for s in suffixes)
-        input_ids = torch.full((rows, width), pad, dtype=torch.long)
-        mask = torch.zeros(rows, prefix_length + width, dtype=torch.long)
+        """One row per suffix, right-aligned after a copy of the prefix (module docstring)."""
+        n, width = len(suffixes), max(len(s) for s in suffixes)
+        input_ids = torch.full((n, width), request.pad_token_id, dtype=torch.long)
+        mask = torch.zeros(n, prefix_length + width, dtype=torch.long)
         mask[:, :prefix_length] = 1
         # padding gets position 0; it is masked, so its position changes nothing
-        positions = torch.zeros(rows, width, dtype=torch.long)
+        positions = torch.zeros(n, width, dtype=torch.long)
         for row, suffix in enumerate(suffixes):
             gap = width - len(suffix)
             input_ids[row, gap:] = torch.tensor(suffix)
@@ -375,11 +471,19 @@ class _Forward:
         cache = DynamicCache()
         # expand() is a view; the cache's first update copies it once per row
         for layer_index, layer in enumerate(prefix.layers if prefix_length else []):
-            shape = (rows, *layer.keys.shape[1:])
+            shape = (n, *layer.keys.shape[1:])
             cache.update(layer.keys.expand(shape), layer.values.expand(shape), layer_index)
         input_ids, mask, positions = (t.to(self.device) for t in (input_ids, mask, positions))
         logits = self(input_ids, cache, attention_mask=mask, position_ids=positions)
-        return _Batch(cache, logits, mask, positions[:, -1] + 1)
+        return _Batch(
+            cache,
+            logits,
+            mask,
+            positions[:, -1] + 1,
+            rows=torch.arange(n),
+            generated=torch.zeros(n, dtype=torch.long),
+            stopped=torch.zeros(n, dtype=torch.bool),
+        )
 
     def step(self, batch: _Batch, tokens: torch.Tensor) -> None:
         """Feed one new token per row; the batch then holds the logits of the next."""
@@ -405,38 +509,6 @@ def _pick(
         tokens = torch.multinomial(scores.softmax(dim=-1), num_samples=1).squeeze(1)
     logprobs = scores.log_softmax(dim=-1).gather(1, tokens[:, None]).squeeze(1)
     return tokens, logprobs
-
-
-def _decode(
-    forward: _Forward, batch: _Batch, request: _Request
-) -> list[tuple[list[int], list[float]]]:
-    """Decode every row of the batch until it stops; returns (tokens, log-probabilities) per row."""
-    max_new_tokens, want_logprobs = request.max_new_tokens, request.want_logprobs
-    warpers = request.sampling.warpers()
-    n = len(batch.logits)
-    tokens_of: list[list[int]] = [[] for _ in range(n)]
-    logprobs_of: list[list[float]] = [[] for _ in range(n)]
-    # which original row each row of the (shrinking) batch is; which of them have stopped
-    rows = torch.arange(n)
-    stopped = torch.zeros(n, dtype=torch.bool)
-    for step in range(max_new_tokens):
-        tokens, logprobs = _pick(batch.logits, request.sampling, warpers)
-        tokens_cpu, live = tokens.cpu(), ~stopped
-        logprobs_cpu = logprobs.cpu() if want_logprobs else None
-        for position in live.nonzero().flatten().tolist():
-            row = int(rows[position])
-            tokens_of[row].append(int(tokens_cpu[position]))
-            if want_logprobs:
-                logprobs_of[row].append(float(logprobs_cpu[position]))
-        stopped |= torch.isin(tokens_cpu, request.stops)
-        if bool(stopped.all()) or step == max_new_tokens - 1:
-            break
-        if stopped.sum() >= COMPACT_SHARE * len(stopped):
-            keep = (~stopped).nonzero().flatten()
-            batch.keep(keep.to(batch.logits.device))
-            rows, tokens, stopped = rows[keep], tokens[keep.to(tokens.device)], stopped[keep]
-        forward.step(batch, tokens)
-    return list(zip(tokens_of, logprobs_of, strict=True))
 
 
 # ------------------------------------------------------------------------------------------------

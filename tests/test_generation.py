@@ -4,6 +4,8 @@ log-probabilities, the same samples for a seed, an adapter honoured, bad input r
 
 from __future__ import annotations
 
+from collections import deque
+
 import datasets
 import pytest
 import torch
@@ -11,13 +13,13 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
 from entropic import config as config_module
-from entropic import models
+from entropic import generation, models
 from entropic.config import RunConfig
 from entropic.evaluate import evaluate
 from entropic.generation import (
     ENGINES,
     Sampling,
-    _chunks,
+    _admit,
     chat_prompt_ids,
     common_prefix_length,
     generate,
@@ -87,11 +89,11 @@ def stops_seen_mid_answer(reference: list[list[int]]) -> set[int]:
     [
         # every row runs to max_new_tokens in one batch
         (32, False),
-        # chunks of two prompts: one prefix cache serves three suffix prefills
+        # batches of two prompts: one prefix cache serves every suffix prefill
         (2, False),
         # rows stop at different steps: finished rows are dropped mid-batch
         (32, True),
-        # both: chunks, and rows that stop within them
+        # both: prompts join the batch as rows stop
         (3, True),
     ],
 )
@@ -109,6 +111,19 @@ def test_greedy_tokens_equal_transformers_generate(tiny, batch_size, stopping):
     if stopping:
         lengths = {len(ids) for ids in got.token_ids}
         assert len(lengths) > 2 and min(lengths) < MAX_NEW_TOKENS  # stopped at different steps
+
+
+@pytest.mark.parametrize("batch_size", [2, 3])
+def test_rows_joining_and_leaving_the_batch_keep_generates_tokens(tiny, monkeypatch, batch_size):
+    # why: in a batch smaller than the prompts, a prompt joins as rows stop: padding is inserted
+    # after the prefix to align it, and cut again once no row attends to it. Cutting waits for
+    # TRIM_COLUMNS unused columns, more than these short answers leave, so it is set to 1 here.
+    monkeypatch.setattr(generation, "TRIM_COLUMNS", 1)
+    model, tokenizer, prompts, _ = tiny
+    stops = stops_seen_mid_answer(run(model, tokenizer, prompts, "hf", stop_ids=set()).token_ids)
+    expected = run(model, tokenizer, prompts, "hf", stop_ids=stops, batch_size=batch_size)
+    got = run(model, tokenizer, prompts, "prefix_cache", stop_ids=stops, batch_size=batch_size)
+    assert got.token_ids == expected.token_ids
 
 
 # Token-id prompts whose shared prefix is an edge case (ids from the real vocabulary).
@@ -165,16 +180,23 @@ def test_generated_lengths(row, expected):
 
 
 @pytest.mark.parametrize(
-    ("rows_per_prompt", "batch_size", "expected"),
+    ("owed", "free", "partial", "admitted", "left"),
     [
-        ([1, 1, 1, 1, 1], 2, [[0, 1], [2, 3], [4]]),  # evaluation: batch_size prompts a chunk
-        ([4, 4, 4], 8, [[0, 1], [2]]),  # GRPO: whole groups of G per decode batch
-        ([8, 1], 4, [[0], [1]]),  # a group bigger than a batch: one prefill, two batches
-        ([3], 100, [[0]]),  # fewer rows than a batch
+        # evaluation: one row per prompt, as many prompts as there are free rows
+        ([1, 1, 1], 2, False, [1, 1], [1]),
+        # GRPO: whole groups of G only, so each prompt is prefilled once
+        ([4, 4, 4], 6, False, [4], [4, 4]),
+        # a group that does not fit waits for the batch to shrink further
+        ([4, 4], 3, False, [], [4, 4]),
+        # ...unless the batch is empty: then a group bigger than a batch starts in part
+        ([8, 1], 4, True, [4], [4, 1]),
     ],
 )
-def test_chunks_fill_decode_batches_with_whole_prompts(rows_per_prompt, batch_size, expected):
-    assert list(_chunks(rows_per_prompt, batch_size)) == expected
+def test_prompts_join_the_batch_whole_while_they_fit(owed, free, partial, admitted, left):
+    waiting = deque((prompt, list(range(count))) for prompt, count in enumerate(owed))
+    got = _admit(waiting, free, partial)
+    assert [len(rows) for _, rows in got] == admitted
+    assert [len(rows) for _, rows in waiting] == left
 
 
 SAMPLINGS = [
