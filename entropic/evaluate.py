@@ -45,17 +45,6 @@ DISCRIMINATION_NAMES = ("confidence_correct", "confidence_wrong", "distinct_conf
 SUMMARY_NAMES = METRIC_NAMES + DISCRIMINATION_NAMES
 
 
-def tokenize_chats(tokenizer, prompts: list[list[dict]], device):
-    """One generation batch of chat prompts, left-padded so every row's new tokens start at the
-    same column (`input_ids.shape[1]`), as `model.generate` wants them."""
-    tokenizer.padding_side = "left"
-    texts = [
-        tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
-        for p in prompts
-    ]
-    return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-
-
 def generate_greedy(
     model,
     tokenizer,
