@@ -102,9 +102,15 @@ def grpo_kwargs(cfg: RolloutConfig) -> dict[str, Any]:
     return ROLLOUTS[cfg.name](cfg)
 
 
-# GRPOConfig sampling settings the prefix_cache engine does not apply, and the value that means
-# "off"; with another value only TRL's own generate would honour them.
-PREFIX_CACHE_UNSUPPORTED = {"min_p": None, "repetition_penalty": 1.0, "generation_kwargs": None}
+# GRPOConfig generation settings the prefix_cache engine does not apply, and the value that means
+# "off"; with another value only TRL's own generation would honour them.
+PREFIX_CACHE_UNSUPPORTED = {
+    "min_p": None,
+    "repetition_penalty": 1.0,
+    "generation_kwargs": None,
+    "cache_implementation": None,
+    "use_transformers_continuous_batching": False,
+}
 
 
 def check(config: RunConfig, device: str) -> None:
@@ -155,6 +161,7 @@ def prefix_cache_rollout(prompts: list, trainer, batch_size: int) -> dict[str, l
     pinned to 1.16.*), so they are the tokens TRL scores the completions after; the model is
     unwrapped for generation as TRL does it (DDP, ZeRO-3 parameter gathering).
     """
+    # imported when a rollout runs: the launcher and the config checks import this module too
     from trl.extras.profiling import profiling_context
     from trl.models.utils import unwrap_model_for_generation
 
