@@ -69,9 +69,10 @@ from transformers.generation import (
     TopPLogitsWarper,
 )
 
-# Drop finished rows from a decode batch once they are this share of it: each drop copies the
-# remaining rows' KV cache, so dropping every single finished row as it stops would copy about as
-# much as it saves; a quarter bounds the copies while no more than a quarter of the work is waste.
+# Drop finished rows from a decode batch once they are this share of it, and let waiting prompts
+# in once this share of the batch is free: each drop or join copies the batch's KV cache, so
+# doing it for every single row would copy about as much as it saves; a quarter bounds the copies
+# while no more than a quarter of the batch computes for nothing.
 COMPACT_SHARE = 0.25
 
 
@@ -179,7 +180,7 @@ class _Request:
     # most sequences in one forward pass
     batch_size: int
     want_logprobs: bool
-    # advanced by the number of sequences each batch completes
+    # advanced as sequences finish
     bar: tqdm
 
 
