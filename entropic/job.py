@@ -193,9 +193,10 @@ def train_job(cfg: DictConfig) -> RunResult:
             trainer = train(
                 prepared, checkpoint, tokenizer, dtype, client, run_id, resume_from, output_dir
             )
+            started = time.perf_counter()
             after_table, after = evaluate_held_out(trainer.model, tokenizer, config, prepared)
-            step = trainer.state.global_step
-            tracking.log_metrics(client, run_id, after, step=step, prefix="eval/")
+            seconds = time.perf_counter() - started
+            tracking.log_evaluation(client, run_id, after, seconds, trainer.state.global_step)
             client.log_table(run_id, after_table, "predictions/after.json")
             tables["after training"] = after_table
         client.log_figure(run_id, reliability_diagram(tables), "reliability_diagram.png")
@@ -271,9 +272,11 @@ def evaluate_base(prepared, checkpoint, tokenizer, dtype, client, run_id, resume
         return table, summarize(table)
     model = models.load_model(checkpoint, dtype, prepared.device)
     log.info("Evaluating the base model on %d questions", len(prepared.splits.eval))
+    started = time.perf_counter()
     table, metrics = evaluate_held_out(model, tokenizer, config, prepared)
+    seconds = time.perf_counter() - started
     table.to_parquet(saved)
-    tracking.log_metrics(client, run_id, metrics, step=0, prefix="eval/")
+    tracking.log_evaluation(client, run_id, metrics, seconds, step=0)
     client.log_table(run_id, table, "predictions/before.json")
     return table, metrics
 

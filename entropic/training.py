@@ -10,6 +10,7 @@ evaluation are `callbacks`.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from entropic.config import AdapterConfig, EvalConfig, PromptConfig, RunConfig
 from entropic.evaluate import evaluate
 from entropic.parsing import confidence_key_start
 from entropic.rollout import grpo_kwargs, prefix_cache_rollout
-from entropic.tracking import MlflowMetricsCallback, log_metrics
+from entropic.tracking import MlflowMetricsCallback, log_evaluation
 
 
 def build_grpo_config(
@@ -188,7 +189,8 @@ def rollout_func(cfg: RunConfig) -> Callable[[list, GRPOTrainer], dict] | None:
 
 
 class PeriodicEvalCallback(TrainerCallback):
-    """Greedy evaluation on a fixed held-out subset every N steps, logged as eval/* at that step."""
+    """Greedy evaluation on a fixed held-out subset every N steps, logged as eval/* at that step
+    with its wall time as time/eval_seconds."""
 
     def __init__(
         self,
@@ -216,10 +218,12 @@ class PeriodicEvalCallback(TrainerCallback):
             return
         if not state.is_world_process_zero:
             return
+        started = time.perf_counter()
         _, metrics = evaluate(
             model, self.tokenizer, self.questions, self.prompt, self.eval_cfg, self.engine
         )
-        log_metrics(self.client, self.run_id, metrics, step=state.global_step, prefix="eval/")
+        seconds = time.perf_counter() - started
+        log_evaluation(self.client, self.run_id, metrics, seconds, state.global_step)
 
 
 def build_trainer(
