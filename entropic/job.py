@@ -197,11 +197,10 @@ def train_job(cfg: DictConfig) -> RunResult:
             trainer = train(
                 prepared, checkpoint, tokenizer, dtype, client, run_id, resume_from, output_dir
             )
-            after_table, after = evaluate(
-                trainer.model, tokenizer, prepared.splits.eval, config.prompt, config.eval
-            )
-            step = trainer.state.global_step
-            tracking.log_metrics(client, run_id, after, step=step, prefix="eval/")
+            started = time.perf_counter()
+            after_table, after = evaluate_held_out(trainer.model, tokenizer, config, prepared)
+            seconds = time.perf_counter() - started
+            tracking.log_evaluation(client, run_id, after, seconds, trainer.state.global_step)
             client.log_table(run_id, after_table, "predictions/after.json")
             tables["after training"] = after_table
         client.log_figure(run_id, reliability_diagram(tables), "reliability_diagram.png")
@@ -267,6 +266,13 @@ def logged_result(client: MlflowClient, run: Run, output_dir: Path, seconds: flo
     return RunResult(run.info.run_id, before, after, str(output_dir), seconds)
 
 
+def evaluate_held_out(model, tokenizer, config: RunConfig, prepared: Prepared):
+    """Greedy evaluation on every held-out question, as the run's config says to generate."""
+    return evaluate(
+        model, tokenizer, prepared.splits.eval, config.prompt, config.eval, config.generation.name
+    )
+
+
 def evaluate_base(prepared, checkpoint, tokenizer, dtype, client, run_id, resumed: bool):
     """Greedy evaluation of the untrained model, logged at step 0 (reused when resuming)."""
     config = prepared.config
@@ -276,9 +282,11 @@ def evaluate_base(prepared, checkpoint, tokenizer, dtype, client, run_id, resume
         return table, summarize(table)
     model = models.load_model(checkpoint, dtype, prepared.device)
     log.info("Evaluating the base model on %d questions", len(prepared.splits.eval))
-    table, metrics = evaluate(model, tokenizer, prepared.splits.eval, config.prompt, config.eval)
+    started = time.perf_counter()
+    table, metrics = evaluate_held_out(model, tokenizer, config, prepared)
+    seconds = time.perf_counter() - started
     table.to_parquet(saved)
-    tracking.log_metrics(client, run_id, metrics, step=0, prefix="eval/")
+    tracking.log_evaluation(client, run_id, metrics, seconds, step=0)
     # the table view's single value; eval/* keeps the history (step 0, periodic, last)
     summary = {name: metrics[name] for name in SUMMARY_NAMES}
     tracking.log_stage(client, run_id, "before", summary)
@@ -347,7 +355,7 @@ def train_on_other_rank(prepared: Prepared, output_dir: Path, resume_from: str |
     dtype = models.torch_dtype(config.model, prepared.device)
     trainer = train(prepared, checkpoint, tokenizer, dtype, None, None, resume_from, output_dir)
     if is_deepspeed_zero3_enabled():
-        evaluate(trainer.model, tokenizer, prepared.splits.eval, config.prompt, config.eval)
+        evaluate_held_out(trainer.model, tokenizer, config, prepared)
 
 
 def summary_table(before: dict[str, float], after: dict[str, float]) -> pd.DataFrame:

@@ -209,6 +209,15 @@ def log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> 
         client.log_batch(run_id, params=items[start : start + PARAM_BATCH])
 
 
+def log_evaluation(
+    client: MlflowClient, run_id: str, metrics: Mapping[str, float], seconds: float, step: int
+) -> None:
+    """An evaluation's eval/* metrics and its wall time as time/eval_seconds, at its step: summed
+    over a run's steps (before, periodic, after), what evaluation cost the run."""
+    log_metrics(client, run_id, metrics, step, "eval/")
+    log_metrics(client, run_id, {"eval_seconds": seconds}, step, "time/")
+
+
 def log_metrics(
     client: MlflowClient, run_id: str, metrics: Mapping[str, float], step: int, prefix: str = ""
 ) -> None:

@@ -2,8 +2,9 @@
 `GRPOTrainer`.
 
 Nothing here subclasses the trainer; everything goes through TRL's documented hooks: the rewards
-are plain callables, LoRA is `peft_config`, the confidence-only loss is a `rollout_func` that
-returns an `env_mask`, MLflow logging and the periodic held-out evaluation are `callbacks`.
+are plain callables, LoRA is `peft_config`, rollout=prefix_cache and the confidence-only loss are
+a `rollout_func` (the latter returns an `env_mask`), MLflow logging and the periodic held-out
+evaluation are `callbacks`.
 
 In MLflow the Trainer's metrics are `train/<name>` (TRL's per-step metrics, our
 `train/calibration/*`), except where `TRAINER_NAMES` gives one quantity one name: the wall times
@@ -12,6 +13,8 @@ join entropic's own under `time/`, and what another metric already holds is not 
 
 from __future__ import annotations
 
+import functools
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,8 +29,8 @@ from trl import GRPOConfig, GRPOTrainer
 from entropic.config import AdapterConfig, EvalConfig, PromptConfig, RunConfig
 from entropic.evaluate import evaluate
 from entropic.parsing import confidence_key_start
-from entropic.rollout import grpo_kwargs
-from entropic.tracking import log_metrics
+from entropic.rollout import grpo_kwargs, prefix_cache_rollout
+from entropic.tracking import log_evaluation, log_metrics
 
 # The Trainer's log keys that MLflow gets under another name (None: not logged), so each
 # quantity has one name and the UI's prefix groups (train/, time/) hold what they say.
@@ -166,26 +169,46 @@ def confidence_mask(completion_ids: list[int], tokenizer) -> list[int]:
     return [0] * start + [1] * (len(completion_ids) - start)
 
 
-def confidence_only_rollout(prompts: list, trainer: GRPOTrainer) -> dict:
-    """TRL `rollout_func` for `trainer.loss_tokens=confidence`: generate exactly as TRL does
-    without one (hf or vLLM), then return an `env_mask` that keeps the answer tokens out of the
-    loss, TRL's documented way to mask tokens the policy should not be trained on.
+def trl_rollout(prompts: list, trainer: GRPOTrainer) -> dict:
+    """Generate exactly as TRL does without a `rollout_func` (hf or vLLM), for a `rollout_func`
+    that only adds to it.
 
     Generation calls TRL 1.16's own `_tokenize_prompts` and `_generate_single_turn` (trl is
-    pinned to 1.16.*), so rollouts are the same with and without the mask. The prompts arrive
+    pinned to 1.16.*), so rollouts are the same with and without the wrapper. The prompts arrive
     already repeated G times by TRL's RepeatSampler: one completion per prompt is the right count.
     """
     prompt_ids, images, multimodal_fields = trainer._tokenize_prompts(prompts)
     completion_ids, logprobs = trainer._generate_single_turn(
         prompt_ids, images, multimodal_fields, trainer.num_generations
     )
-    tokenizer = trainer.processing_class
-    return {
-        "prompt_ids": prompt_ids,
-        "completion_ids": completion_ids,
-        "logprobs": logprobs,
-        "env_mask": [confidence_mask(ids, tokenizer) for ids in completion_ids],
-    }
+    return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": logprobs}
+
+
+def with_confidence_mask(rollout: Callable[[list, GRPOTrainer], dict]) -> Callable:
+    """The `rollout_func` of `trainer.loss_tokens=confidence`: `rollout`'s completions with an
+    `env_mask` that keeps the answer tokens out of the loss, TRL's documented way to mask tokens
+    the policy should not be trained on."""
+
+    def masked(prompts: list, trainer: GRPOTrainer) -> dict:
+        output = rollout(prompts, trainer)
+        tokenizer = trainer.processing_class
+        mask = [confidence_mask(ids, tokenizer) for ids in output["completion_ids"]]
+        return {**output, "env_mask": mask}
+
+    return masked
+
+
+def rollout_func(cfg: RunConfig) -> Callable[[list, GRPOTrainer], dict] | None:
+    """GRPOTrainer's `rollout_func`: rollout=prefix_cache generates through entropic.generation,
+    `trainer.loss_tokens=confidence` masks the answer tokens of whatever generated them; None
+    leaves generation to TRL."""
+    if cfg.rollout.name == "prefix_cache":
+        generate = functools.partial(prefix_cache_rollout, batch_size=cfg.rollout.batch_size)
+    elif cfg.trainer.loss_tokens == "confidence":
+        generate = trl_rollout
+    else:
+        return None
+    return with_confidence_mask(generate) if cfg.trainer.loss_tokens == "confidence" else generate
 
 
 def mlflow_names(logs: dict[str, float], reward_weights: list[float] | None) -> dict[str, float]:
@@ -221,7 +244,8 @@ class MlflowMetricsCallback(TrainerCallback):
 
 
 class PeriodicEvalCallback(TrainerCallback):
-    """Greedy evaluation on a fixed held-out subset every N steps, logged as eval/* at that step."""
+    """Greedy evaluation on a fixed held-out subset every N steps, logged as eval/* at that step
+    with its wall time as time/eval_seconds."""
 
     def __init__(
         self,
@@ -230,10 +254,12 @@ class PeriodicEvalCallback(TrainerCallback):
         questions: datasets.Dataset,
         prompt: PromptConfig,
         eval_cfg: EvalConfig,
+        engine: str,
         client: MlflowClient,
         run_id: str,
     ):
         self.every_n_steps = every_n_steps
+        self.engine = engine
         self.tokenizer = tokenizer
         self.questions = questions
         self.prompt = prompt
@@ -247,8 +273,12 @@ class PeriodicEvalCallback(TrainerCallback):
             return
         if not state.is_world_process_zero:
             return
-        _, metrics = evaluate(model, self.tokenizer, self.questions, self.prompt, self.eval_cfg)
-        log_metrics(self.client, self.run_id, metrics, step=state.global_step, prefix="eval/")
+        started = time.perf_counter()
+        _, metrics = evaluate(
+            model, self.tokenizer, self.questions, self.prompt, self.eval_cfg, self.engine
+        )
+        seconds = time.perf_counter() - started
+        log_evaluation(self.client, self.run_id, metrics, seconds, state.global_step)
 
 
 def build_trainer(
@@ -275,6 +305,7 @@ def build_trainer(
                     periodic_questions,
                     cfg.prompt,
                     cfg.eval,
+                    cfg.generation.name,
                     client,
                     run_id,
                 )
@@ -287,7 +318,7 @@ def build_trainer(
         processing_class=tokenizer,
         callbacks=callbacks,
         peft_config=peft_config(cfg.adapter),
-        rollout_func=confidence_only_rollout if cfg.trainer.loss_tokens == "confidence" else None,
+        rollout_func=rollout_func(cfg),
     )
 
 

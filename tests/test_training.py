@@ -1,21 +1,23 @@
 """A real GRPOTrainer on a tiny model: two steps change the weights, give finite losses, and log
-what our reward gave."""
+what our reward gave; the periodic evaluation logs its metrics and seconds at its step."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import datasets
 import pytest
 import torch
+from transformers import TrainerState
 
-from entropic import models
+from entropic import models, tracking
 from entropic.config import RunConfig
 from entropic.prompting import add_prompts
 from entropic.rewards import TRLReward, mark_labeled
 from entropic.semantic import build_clusterer
-from entropic.training import build_trainer, mlflow_names
+from entropic.training import PeriodicEvalCallback, build_trainer, mlflow_names
 from tests.conftest import compose_config
 
 QUESTIONS = {
@@ -137,3 +139,45 @@ def test_two_grpo_steps_on_a_tiny_model_change_the_weights(tmp_path, embedded_ch
 )
 def test_the_trainer_logs_reach_mlflow_with_one_name_per_quantity(logs, reward_weights, expected):
     assert mlflow_names(logs, reward_weights) == expected
+
+
+@pytest.mark.parametrize(
+    ("global_step", "logged"),
+    [
+        (2, True),  # every second step
+        (3, False),  # not a multiple of every_n_steps
+        (4, False),  # the final step: the job's own full evaluation follows
+    ],
+)
+def test_periodic_evaluation_logs_metrics_and_seconds_at_its_step(
+    tmp_path, mlflow_uri, global_step, logged
+):
+    config = RunConfig.from_hydra(compose_config(["model=tiny_random"], tmp_path))
+    checkpoint = models.resolve_checkpoint(config.model)
+    tokenizer = models.load_tokenizer(checkpoint)
+    model = models.load_model(checkpoint, torch.float32, "cpu")
+    client = tracking.get_client(mlflow_uri)
+    with tracking.mlflow_run(client, "periodic", "run", {}) as run_id:
+        callback = PeriodicEvalCallback(
+            2,
+            tokenizer,
+            datasets.Dataset.from_dict(QUESTIONS).select(range(2)),
+            config.prompt,
+            replace(config.eval, max_new_tokens=4),
+            "prefix_cache",
+            client,
+            run_id,
+        )
+        state = TrainerState(global_step=global_step, max_steps=4, is_world_process_zero=True)
+        callback.on_step_end(None, state, None, model=model)
+    history = {
+        name: [(m.step, m.value) for m in client.get_metric_history(run_id, name)]
+        for name in ("eval/accuracy", "time/eval_seconds")
+    }
+    if not logged:
+        assert history == {"eval/accuracy": [], "time/eval_seconds": []}
+        return
+    assert [step for step, _ in history["eval/accuracy"]] == [global_step]
+    # why: the seconds sit beside the metrics, at the same step, so a run's evaluations add up
+    ((step, seconds),) = history["time/eval_seconds"]
+    assert step == global_step and seconds > 0
