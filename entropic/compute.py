@@ -3,8 +3,9 @@
 Laptop versus cluster is configuration: `compute=auto` (the default) lands on CUDA when it is there
 and on the CPU profile otherwise. On CPU, `compute.cpu_scale` shrinks the run so that an experiment
 finishes in minutes on two cores while staying real: the same model, a seeded subset of the same
-training pool, real GRPO steps, and at least 200 held-out questions. On GPU the experiment's own
-sizes apply.
+training pool, real GRPO steps, and at least 200 held-out questions (each other evaluation set,
+`eval.sets`, is capped at `compute.cpu_scale.set_questions`). On GPU the experiment's own sizes
+apply.
 """
 
 from __future__ import annotations
@@ -67,7 +68,16 @@ def apply_cpu_scale(cfg: RunConfig, device: str) -> tuple[RunConfig, dict[str, s
     )
     if cfg.data.train_size > scale.train_questions:
         changes["train_questions"] = f"{cfg.data.train_size} -> {scale.train_questions}"
-    return dataclasses.replace(cfg, trainer=trainer, data=data), changes
+    sets = {
+        name: dataclasses.replace(
+            entry, size=capped(f"eval.sets.{name}.size", entry.size, scale.set_questions)
+        )
+        if scale.set_questions is not None
+        else entry
+        for name, entry in cfg.eval.sets.items()
+    }
+    evaluation = dataclasses.replace(cfg.eval, sets=sets)
+    return dataclasses.replace(cfg, trainer=trainer, data=data, eval=evaluation), changes
 
 
 def train_questions(cfg: RunConfig, device: str) -> int:

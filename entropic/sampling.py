@@ -136,7 +136,7 @@ def sample_answers(
         # generate returns the k samples of a prompt next to each other (repeat_interleave).
         for index, text in enumerate(texts):
             row = chunk[index // k]
-            answer, confidence = parse_completion(text)
+            answer, confidence = parse_completion(text, prompt.format)
             rows.append(
                 {
                     "question_id": row["question_id"],

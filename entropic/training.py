@@ -8,6 +8,7 @@ returns an `env_mask`, MLflow logging and the periodic held-out evaluation are `
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from entropic.config import AdapterConfig, EvalConfig, PromptConfig, RunConfig
-from entropic.evaluate import evaluate
+from entropic.evaluate import evaluate, metric_prefix
 from entropic.parsing import confidence_key_start
 from entropic.rollout import grpo_kwargs
 from entropic.tracking import MlflowMetricsCallback, log_metrics
@@ -124,14 +125,14 @@ def check_target_modules(adapter: AdapterConfig, checkpoint: str) -> None:
         )
 
 
-def confidence_mask(completion_ids: list[int], tokenizer) -> list[int]:
+def confidence_mask(completion_ids: list[int], tokenizer, fmt: str = "lines") -> list[int]:
     """1 for the tokens from the `Confidence` key on, 0 for the answer before it.
 
     The key is found as `parse_completion` finds it (`confidence_key_start`), so an answer that
     merely contains the word ("The Confidence-Man") stays masked. A completion without the key
     keeps every token (1), so the format penalty still teaches the format.
     """
-    key_start = confidence_key_start(tokenizer.decode(completion_ids))
+    key_start = confidence_key_start(tokenizer.decode(completion_ids), fmt)
     if key_start is None:
         return [1] * len(completion_ids)
     # the first token whose decoded prefix reaches past the key's first character
@@ -143,7 +144,7 @@ def confidence_mask(completion_ids: list[int], tokenizer) -> list[int]:
     return [0] * start + [1] * (len(completion_ids) - start)
 
 
-def confidence_only_rollout(prompts: list, trainer: GRPOTrainer) -> dict:
+def confidence_only_rollout(prompts: list, trainer: GRPOTrainer, fmt: str = "lines") -> dict:
     """TRL `rollout_func` for `trainer.loss_tokens=confidence`: generate exactly as TRL does
     without one (hf or vLLM), then return an `env_mask` that keeps the answer tokens out of the
     loss, TRL's documented way to mask tokens the policy should not be trained on.
@@ -161,18 +162,19 @@ def confidence_only_rollout(prompts: list, trainer: GRPOTrainer) -> dict:
         "prompt_ids": prompt_ids,
         "completion_ids": completion_ids,
         "logprobs": logprobs,
-        "env_mask": [confidence_mask(ids, tokenizer) for ids in completion_ids],
+        "env_mask": [confidence_mask(ids, tokenizer, fmt) for ids in completion_ids],
     }
 
 
 class PeriodicEvalCallback(TrainerCallback):
-    """Greedy evaluation on a fixed held-out subset every N steps, logged as eval/* at that step."""
+    """Greedy evaluation on fixed subsets every N steps, logged at that step: the held-out
+    split's as eval/*, each other evaluation set's (`eval.sets.<set>.periodic`) as eval/<set>/*."""
 
     def __init__(
         self,
         every_n_steps: int,
         tokenizer,
-        questions: datasets.Dataset,
+        questions: dict[str, datasets.Dataset],
         prompt: PromptConfig,
         eval_cfg: EvalConfig,
         client: MlflowClient,
@@ -192,8 +194,10 @@ class PeriodicEvalCallback(TrainerCallback):
             return
         if not state.is_world_process_zero:
             return
-        _, metrics = evaluate(model, self.tokenizer, self.questions, self.prompt, self.eval_cfg)
-        log_metrics(self.client, self.run_id, metrics, step=state.global_step, prefix="eval/")
+        for name, questions in self.questions.items():
+            _, metrics = evaluate(model, self.tokenizer, questions, self.prompt, self.eval_cfg)
+            step = state.global_step
+            log_metrics(self.client, self.run_id, metrics, step=step, prefix=metric_prefix(name))
 
 
 def build_trainer(
@@ -207,12 +211,12 @@ def build_trainer(
     dtype: torch.dtype | str,
     client: MlflowClient | None,
     run_id: str | None,
-    periodic_questions: datasets.Dataset | None = None,
+    periodic_questions: dict[str, datasets.Dataset] | None = None,
 ) -> GRPOTrainer:
     callbacks: list[TrainerCallback] = []
     if client is not None and run_id is not None:
         callbacks.append(MlflowMetricsCallback(client, run_id))
-        if cfg.trainer.eval_every_n_steps > 0 and periodic_questions is not None:
+        if cfg.trainer.eval_every_n_steps > 0 and periodic_questions:
             callbacks.append(
                 PeriodicEvalCallback(
                     cfg.trainer.eval_every_n_steps,
@@ -232,7 +236,12 @@ def build_trainer(
         processing_class=tokenizer,
         callbacks=callbacks,
         peft_config=peft_config(cfg.adapter),
-        rollout_func=confidence_only_rollout if cfg.trainer.loss_tokens == "confidence" else None,
+        rollout_func=(
+            # the prompt's format says which Confidence key the mask starts at
+            functools.partial(confidence_only_rollout, fmt=cfg.prompt.format)
+            if cfg.trainer.loss_tokens == "confidence"
+            else None
+        ),
     )
 
 

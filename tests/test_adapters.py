@@ -237,7 +237,9 @@ def test_confidence_mask_ignores_the_word_inside_an_answer(tokenizer):
 def test_confidence_only_loss_runs_through_the_rollout_func(tmp_path):
     # one step is enough to see the rollout_func feed TRL's loss
     trainer, _ = tiny_trainer(tmp_path, ["trainer.loss_tokens=confidence", "trainer.max_steps=1"])
-    assert trainer.rollout_func is confidence_only_rollout
+    # why: the mask starts at the Confidence key the prompt's format reads (the first here)
+    assert trainer.rollout_func.func is confidence_only_rollout
+    assert trainer.rollout_func.keywords == {"fmt": "lines"}
     masks: list[list[list[int]]] = []
 
     def recording_rollout(prompts, grpo_trainer):

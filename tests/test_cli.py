@@ -25,6 +25,7 @@ SMOKE = [
     "compute=cpu",
     "compute.cpu_scale.train_questions=8",
     "compute.cpu_scale.eval_questions=16",
+    "compute.cpu_scale.set_questions=4",
     "compute.cpu_scale.per_device_train_batch_size=8",
     "trainer.max_steps=2",
     "trainer.save_steps=0",
@@ -81,6 +82,20 @@ def test_main_job_runs_end_to_end_and_a_rerun_leaves_it_finished(
     assert {"config.yaml", "reliability_diagram.png", "predictions"} <= artifacts
     # the terminal shows the before/after table and the run id
     assert run.info.run_id in done.stdout and "calibration_gap" in done.stdout
+    # why: the default evaluation sets (eval.sets) are evaluated before and after, each under
+    # its own name, with its own prediction tables and reliability diagram
+    for name in ("elements", "arithmetic"):
+        for metric in ("accuracy", "ece", "auroc", "abstain_share", "alternatives_share"):
+            history = client.get_metric_history(run.info.run_id, f"eval/{name}/{metric}")
+            assert [m.step for m in history] == [0, 2], (name, metric)
+        tables = {a.path for a in client.list_artifacts(run.info.run_id, f"predictions/{name}")}
+        assert tables == {f"predictions/{name}/before.json", f"predictions/{name}/after.json"}
+        assert f"-- {name} --" in done.stdout
+        assert run.data.params[f"eval.sets.{name}.questions_used"] == "4"
+    figures = {a.path for a in client.list_artifacts(run.info.run_id, "reliability_diagram")}
+    assert figures == {"reliability_diagram/elements.png", "reliability_diagram/arithmetic.png"}
+    # why: the behaviour table is printed with the summaries, a row per set and stage
+    assert "-- behaviour --" in done.stdout and "alternatives_share" in done.stdout
 
     # rerunning the folder of a finished run says so and exits 0, leaving the run as it was
     again = cli(args, tmp_path, mlflow_uri)
@@ -98,3 +113,29 @@ def test_rejected_config_exits_nonzero_and_leaves_no_run(tmp_path, mlflow_uri):
     client = MlflowClient(mlflow_uri)
     experiments = client.search_experiments()
     assert all(not client.search_runs([e.experiment_id]) for e in experiments)
+
+
+def test_an_evaluation_only_job_on_a_users_file(tmp_path, mlflow_uri, embedded_checkpoint):
+    # why: the prompting baseline with a set of one's own is the eval-only job
+    path = tmp_path / "mine.jsonl"
+    path.write_text(
+        "\n".join(f'{{"question": "What is {n} + {n}?", "answers": ["{2 * n}"]}}' for n in range(5))
+    )
+    mine = f"+eval.sets.mine={{source: jsonl, path: {path}, size: 5}}"
+    done = cli(["+experiment=prompting_baseline", *SMOKE, mine], tmp_path, mlflow_uri)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient(mlflow_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("prompting_baseline").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["trained"] == "False"
+    # evaluated once (step 0), never trained
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/mine/accuracy")] == [0]
+    assert "-- mine --" in done.stdout and "untrained" in done.stdout
+
+
+def test_a_bad_evaluation_set_exits_before_any_model_and_leaves_no_run(tmp_path, mlflow_uri):
+    missing = "+eval.sets.mine={source: jsonl, path: /nonexistent/q.jsonl, size: 5}"
+    done = cli([missing], tmp_path, mlflow_uri)
+    assert done.returncode == 2
+    assert "eval.sets.mine.path=/nonexistent/q.jsonl does not exist" in done.stderr
+    client = MlflowClient(mlflow_uri)
+    assert all(not client.search_runs([e.experiment_id]) for e in client.search_experiments())

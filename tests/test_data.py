@@ -440,7 +440,10 @@ def test_out_of_domain_pools():
     arithmetic_pool = arithmetic.candidates(arithmetic.DEFAULT_KINDS)
     # why: the issue asks for at least 300 questions per set; 4 kinds x 118 elements - 1
     assert len(element_pool) == 4 * 118 - 1
-    assert len(arithmetic_pool) == 5 * arithmetic.QUESTIONS_PER_KIND
+    assert len(arithmetic_pool) == 445
+    # why: a kind with fewer questions than QUESTIONS_PER_KIND gives all it has (9 x 9, 8 x 8)
+    every_kind = arithmetic.candidates(dict.fromkeys(arithmetic.KINDS))
+    assert len(every_kind) == 81 + 64 + 5 * arithmetic.QUESTIONS_PER_KIND
     # why: the symbol of gold is a few-shot turn of every prompt we ship
     assert "symbol:Au" not in {row["question_id"] for row in element_pool}
     for pool in (element_pool, arithmetic_pool):

@@ -4,6 +4,8 @@ different field.
 RLCR (arXiv 2507.16806) reports calibration on math sets beside factual QA; this is the offline
 counterpart for a small model. Difficulty is set by the operation and the number of digits:
 
+    add_1digit     What is 7 + 5?       12          (both operands 1-9: 81 questions)
+    mul_1digit     What is 7 x 8?       56          (the times table, 2-9: 64 questions)
     add_2digit     What is 47 + 38?     85          (both operands 10-99)
     add_3digit     What is 472 + 389?   861         (both operands 100-999)
     sub_2digit     What is 83 - 47?     36          (the larger first: never negative)
@@ -65,6 +67,8 @@ class Operation:
 
 
 KINDS: dict[str, Operation] = {
+    "add_1digit": Operation("+", (1, 9), (1, 9)),
+    "mul_1digit": Operation("x", (2, 9), (2, 9)),
     "add_2digit": Operation("+", (10, 99), (10, 99)),
     "add_3digit": Operation("+", (100, 999), (100, 999)),
     "sub_2digit": Operation("-", (10, 99), (10, 99)),
@@ -73,10 +77,22 @@ KINDS: dict[str, Operation] = {
 }
 
 # Questions per kind when the option leaves the count open (null): the pool is generated, so
-# "all" means this many.
+# "all" means this many, or every question of a kind that has fewer.
 QUESTIONS_PER_KIND = 200
-# The kind mix when `kinds` is not given; see the module docstring for the difficulty.
-DEFAULT_KINDS: dict[str, int | None] = dict.fromkeys(KINDS)
+# The kind mix when `kinds` is not given (445 questions): every kind, weighted towards the ones
+# SmolLM2-135M sometimes gets right, so the set is neither hopeless nor easy for it. Greedy
+# accuracy per kind on the default prompt (measured once: the 1-digit kinds on all 145 of their
+# questions, the others on 50-70 each): add_1digit .49, mul_1digit .45, add_2digit .16,
+# mul_1x2digit .10, sub_2digit .05, add_3digit .04, mul_2digit .00.
+DEFAULT_KINDS: dict[str, int | None] = {
+    "add_1digit": None,
+    "mul_1digit": None,
+    "add_2digit": 100,
+    "sub_2digit": 60,
+    "mul_1x2digit": 60,
+    "add_3digit": 40,
+    "mul_2digit": 40,
+}
 
 
 def operands(kind: str, index: int) -> tuple[int, int]:
@@ -123,7 +139,9 @@ def candidates(kinds: Mapping[str, int | None]) -> list[Row]:
     pool = [
         row
         for kind, count in kinds.items()
-        for row in kind_rows(kind, QUESTIONS_PER_KIND if count is None else count)
+        for row in kind_rows(
+            kind, min(QUESTIONS_PER_KIND, KINDS[kind].distinct) if count is None else count
+        )
     ]
     return sorted(pool, key=lambda row: row["question_id"])
 
