@@ -369,6 +369,24 @@ def test_triviaqa_unreachable_hub_fails_fast(monkeypatch):
         load_questions("triviaqa", train_size=10, eval_size=5, seed=0)
 
 
+def test_triviaqa_as_an_evaluation_set_reads_only_the_validation_split(monkeypatch):
+    # why: an evaluation set needs no training pool, so it must not download TriviaQA's 138k
+    # training questions (the hub itself cannot run offline: its two calls are stood in for)
+    read = []
+
+    def one_split(split):
+        read.append(split)
+        return [triviaqa.to_row(f"{split}{i}", f"Question {i}?", str(i), []) for i in range(5)]
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(triviaqa, "ping_hub", lambda: None)
+    monkeypatch.setattr(triviaqa, "read_split", one_split)
+    assert len(load_eval_questions("triviaqa", eval_size=3)) == 3
+    assert read == ["validation"]
+
+
 def test_triviaqa_rows_put_the_value_first():
     row = triviaqa.to_row("tc_1", " Who  wrote Hamlet? ", "Shakespeare", ["shakespeare", "Bard"])
     # why: answer.value is canonical; repeated aliases add nothing
