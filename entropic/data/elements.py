@@ -19,9 +19,10 @@ Several symbols are English words ("I", "In", "As", "At", "Be", "No"); the grade
 include some of them, so "In" for indium is right only as the whole answer or beside other framing
 words, never beside another candidate ("In Fe" earns nothing).
 
-Difficulty for SmolLM2-135M-Instruct (greedy, the default prompt, 48 new tokens), measured on the
-eval draw: see `experiments/transfer/README.md`. The model knows the symbols of common elements
-and little else, so the kinds spread from easy to near-impossible.
+Difficulty for SmolLM2-135M-Instruct (greedy, the default prompt, 48 new tokens), measured once
+on the default set's 300 questions: 19.0% in all; symbol 54%, element of symbol 10%, atomic
+number 5%, element of number 1% (`experiments/transfer/README.md`). The model writes symbols it
+can guess from the name and little else, so the kinds spread from easy to near-impossible.
 """
 
 from __future__ import annotations
