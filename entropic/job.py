@@ -118,7 +118,8 @@ def prepare(cfg: DictConfig) -> Prepared:
             if rule.needs_stability
             else None
         )
-        if config.train:
+        if config.train or rule.needs_target:
+            # (the entropy -> Platt targets are made on the training pool even with train: false)
             splits = load_questions(
                 config.data.name,
                 train_size=config.data.train_size,
@@ -230,7 +231,7 @@ def train_job(cfg: DictConfig) -> RunResult:
         before = evaluate_base(
             prepared, checkpoint, tokenizer, dtype, client, run_id, resumed=bool(earlier)
         )
-        if config.train and get_rule(config.reward.name).needs_target:
+        if get_rule(config.reward.name).needs_target:
             prepared.train = add_calibrated_target(
                 cfg, prepared, checkpoint, tokenizer, dtype, before[HELD_OUT][0], client, run_id
             )
