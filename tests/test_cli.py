@@ -55,7 +55,13 @@ def cli(
 def test_main_job_runs_end_to_end_and_a_rerun_leaves_it_finished(
     tmp_path, mlflow_uri, embedded_checkpoint
 ):
-    args = ["+experiment=scarce_mixed", *SMOKE]
+    # a periodic evaluation at step 1, of the held-out split and of the elements set only
+    periodic = [
+        "trainer.eval_every_n_steps=1",
+        "eval.periodic_size=4",
+        "eval.sets.elements.periodic=true",
+    ]
+    args = ["+experiment=scarce_mixed", *SMOKE, *periodic]
     done = cli(args, tmp_path, mlflow_uri)
     assert done.returncode == 0, done.stderr[-3000:]
     client = MlflowClient(mlflow_uri)
@@ -72,7 +78,8 @@ def test_main_job_runs_end_to_end_and_a_rerun_leaves_it_finished(
         "format_rate",
     ):
         steps = [m.step for m in client.get_metric_history(run.info.run_id, f"eval/{name}")]
-        assert steps == [0, 2], (name, steps)  # before training and at the final global step
+        # before training, the periodic evaluation, and at the final global step
+        assert steps == [0, 1, 2], (name, steps)
     assert run.data.params["reward.labeled_fraction"] == "0.5"
     # why: dtype=auto on the CPU is what this machine's bf16-vs-fp32 probe says, and is logged
     expected = "bfloat16" if models.cpu_bf16_is_faster() else "float32"
@@ -83,11 +90,12 @@ def test_main_job_runs_end_to_end_and_a_rerun_leaves_it_finished(
     # the terminal shows the before/after table and the run id
     assert run.info.run_id in done.stdout and "calibration_gap" in done.stdout
     # why: the default evaluation sets (eval.sets) are evaluated before and after, each under
-    # its own name, with its own prediction tables and reliability diagram
-    for name in ("elements", "arithmetic"):
+    # its own name, with its own prediction tables and reliability diagram, and periodically
+    # only when asked (elements here, not arithmetic)
+    for name, steps in (("elements", [0, 1, 2]), ("arithmetic", [0, 2])):
         for metric in ("accuracy", "ece", "auroc", "abstain_share", "alternatives_share"):
             history = client.get_metric_history(run.info.run_id, f"eval/{name}/{metric}")
-            assert [m.step for m in history] == [0, 2], (name, metric)
+            assert [m.step for m in history] == steps, (name, metric)
         tables = {a.path for a in client.list_artifacts(run.info.run_id, f"predictions/{name}")}
         assert tables == {f"predictions/{name}/before.json", f"predictions/{name}/after.json"}
         assert f"-- {name} --" in done.stdout
@@ -103,7 +111,7 @@ def test_main_job_runs_end_to_end_and_a_rerun_leaves_it_finished(
     assert f"run {run.info.run_id} in " in again.stdout and "already FINISHED" in again.stdout
     (rerun,) = client.search_runs([experiment.experiment_id])
     assert (rerun.info.run_id, rerun.info.end_time) == (run.info.run_id, run.info.end_time)
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/ece")] == [0, 2]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/ece")] == [0, 1, 2]
 
 
 def test_rejected_config_exits_nonzero_and_leaves_no_run(tmp_path, mlflow_uri):
