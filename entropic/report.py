@@ -381,7 +381,8 @@ def per_set_section(
         }
         numbers[f"{name}/{eval_set}"] = summarize(values, columns)
         table = shown(numbers[f"{name}/{eval_set}"], columns)
-        lines += ["", f"### {set_title(eval_set)}", "", table.to_markdown()]
+        # numbers as shown: tabulate would turn "0.100" back into 0.1
+        lines += ["", f"### {set_title(eval_set)}", "", table.to_markdown(disable_numparse=True)]
     return "\n".join(lines), numbers
 
 
