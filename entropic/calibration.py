@@ -241,6 +241,7 @@ def entropy_scores(
         max_new_tokens=calibration.max_new_tokens,
         batch_size=calibration.batch_size,
         seed=config.seed,
+        engine=config.generation.name,
     )
     scored = score_questions(samples, build_clusterer("exact"))
     answers = samples.groupby("question_id", sort=False)["answer"].agg(list)
@@ -353,7 +354,9 @@ def add_calibrated_target(
         "questions, so there is nothing to fit Platt scaling on",
         "raise reward.labeled_fraction (or the number of training questions)",
     )
-    greedy, _ = evaluate(model, tokenizer, labeled, config.prompt, config.eval)
+    greedy, _ = evaluate(
+        model, tokenizer, labeled, config.prompt, config.eval, config.generation.name
+    )
     fitted_on = greedy[["question_id", "correct"]].merge(
         train_scores[["question_id", "embedding_entropy"]], on="question_id", validate="1:1"
     )

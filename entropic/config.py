@@ -511,13 +511,31 @@ class ComputeConfig:
         _require(self.vllm_gpus >= 0, "compute.vllm_gpus", "must be >= 0", "e.g. 1")
 
 
-ROLLOUT_BACKENDS = ("hf", "vllm_colocate", "vllm_server")
+# engines of evaluation answers and sampled answers (entropic.generation.ENGINES)
+GENERATION_ENGINES = ("hf", "prefix_cache")
+
+
+@dataclass
+class GenerationConfig:
+    # engine of every greedy evaluation and of the sampled answers of the stability study and
+    # the calibration pipeline: hf (transformers' generate) | prefix_cache (one prefill per
+    # shared prefix; entropic/generation.py)
+    name: str = "hf"
+
+    def __post_init__(self) -> None:
+        _one_of(self.name, GENERATION_ENGINES, "generation.name")
+
+
+ROLLOUT_BACKENDS = ("hf", "prefix_cache", "vllm_colocate", "vllm_server")
 
 
 @dataclass
 class RolloutConfig:
-    # who generates the GRPO rollouts: hf (the policy's generate) | vllm_colocate | vllm_server
+    # who generates the GRPO rollouts: hf (the policy's generate) | prefix_cache (the policy
+    # through entropic.generation, one prefill per prompt) | vllm_colocate | vllm_server
     name: str = "hf"
+    # prefix_cache: most sequences decoded together; a bigger generation batch is decoded in turns
+    batch_size: int = 64
     # share of each GPU's memory vLLM may take (colocate: shared with training; server: its own)
     gpu_memory_utilization: float = 0.3
     # GPUs one vLLM engine spans (colocate: must divide the training processes)
@@ -550,6 +568,7 @@ class RolloutConfig:
             "rollout.tensor_parallel_size=1",
         )
         _require(self.server_timeout > 0, "rollout.server_timeout", "must be > 0", "e.g. 600")
+        _require(self.batch_size >= 1, "rollout.batch_size", "must be >= 1", "e.g. 64")
 
 
 @dataclass
@@ -575,8 +594,10 @@ class RunConfig:
     eval: EvalConfig
     compute: ComputeConfig
     tracking: TrackingConfig
-    # who generates the rollouts (hf, or vLLM on GPUs)
+    # who generates the rollouts (hf, prefix_cache, or vLLM on GPUs)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    # engine of evaluation answers and sampled answers (hf or prefix_cache)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
     # what GRPO trains: LoRA adapters (the default, as the reference) or every weight
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     # global seed: data subset, labeled subset, sampling, initialisation
@@ -640,5 +661,6 @@ _SECTION_TYPES: dict[str, type] = {
     "compute": ComputeConfig,
     "tracking": TrackingConfig,
     "rollout": RolloutConfig,
+    "generation": GenerationConfig,
     "adapter": AdapterConfig,
 }

@@ -15,11 +15,10 @@ import math
 import datasets
 import numpy as np
 import pandas as pd
-import torch
-from tqdm.auto import tqdm
 
 from entropic.config import EvalConfig, PromptConfig
 from entropic.data import check_eval_source, load_eval_questions
+from entropic.generation import generate_chats
 from entropic.grading import abstains, is_correct, mentions_alternatives
 from entropic.metrics import (
     auroc,
@@ -53,40 +52,26 @@ SUMMARY_NAMES = METRIC_NAMES + DISCRIMINATION_NAMES + SHARE_NAMES
 BEHAVIOUR_NAMES = ("confidence_correct", "confidence_wrong", *SHARE_NAMES)
 
 
-def tokenize_chats(tokenizer, prompts: list[list[dict]], device):
-    """One generation batch of chat prompts, left-padded so every row's new tokens start at the
-    same column (`input_ids.shape[1]`); entropic.sampling batches the same way."""
-    tokenizer.padding_side = "left"
-    texts = [
-        tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
-        for p in prompts
-    ]
-    return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-
-
-@torch.no_grad()
 def generate_greedy(
-    model, tokenizer, prompts: list[list[dict]], batch_size: int, max_new_tokens: int
+    model,
+    tokenizer,
+    prompts: list[list[dict]],
+    batch_size: int,
+    max_new_tokens: int,
+    engine: str,
 ) -> list[str]:
-    """Greedy completions for chat prompts, batched with left padding."""
-    was_training = model.training
-    model.eval()
-    completions: list[str] = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc="eval", leave=False):
-        batch = tokenize_chats(tokenizer, prompts[start : start + batch_size], model.device)
-        output = model.generate(
-            **batch,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        new_tokens = output[:, batch["input_ids"].shape[1] :]
-        completions.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
-    model.train(was_training)
-    return completions
+    """Greedy completions for chat prompts, `batch_size` at a time, by a generation engine
+    (entropic.generation: prefix_cache or hf, which give the same tokens)."""
+    texts, _ = generate_chats(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        engine=engine,
+        batch_size=batch_size,
+        progress="eval",
+    )
+    return texts
 
 
 def grade(questions: datasets.Dataset, completions: list[str], fmt: str = "lines") -> pd.DataFrame:
@@ -150,10 +135,19 @@ def share(predictions: pd.DataFrame, column: str) -> float:
 
 
 def evaluate(
-    model, tokenizer, questions: datasets.Dataset, prompt: PromptConfig, cfg: EvalConfig
+    model,
+    tokenizer,
+    questions: datasets.Dataset,
+    prompt: PromptConfig,
+    cfg: EvalConfig,
+    engine: str,
 ) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Greedy answers to `questions`, graded, and their eval/* metrics; `engine` is the run's
+    `generation.name`."""
     prompts = [build_messages(q, prompt) for q in questions["question"]]
-    completions = generate_greedy(model, tokenizer, prompts, cfg.batch_size, cfg.max_new_tokens)
+    completions = generate_greedy(
+        model, tokenizer, prompts, cfg.batch_size, cfg.max_new_tokens, engine
+    )
     predictions = grade(questions, completions, prompt.format)
     return predictions, summarize(predictions)
 

@@ -240,11 +240,8 @@ def train_job(cfg: DictConfig) -> RunResult:
             trainer = train(
                 prepared, checkpoint, tokenizer, dtype, client, run_id, resume_from, output_dir
             )
-            for name, questions in prepared.eval_sets().items():
-                after[name] = evaluate(
-                    trainer.model, tokenizer, questions, config.prompt, config.eval
-                )
-                log_evaluation(client, run_id, name, *after[name], trainer.state.global_step)
+            after, seconds = evaluate_sets(trainer.model, tokenizer, config, prepared.eval_sets())
+            log_evaluations(client, run_id, after, seconds, trainer.state.global_step)
         summaries = log_summaries(client, run_id, before, after)
         print_summary(config, summaries, run_id, client.tracking_uri)
     metrics = {
@@ -318,31 +315,55 @@ def logged_result(client: MlflowClient, run: Run, output_dir: Path, seconds: flo
     )
 
 
+def evaluate_sets(model, tokenizer, config: RunConfig, sets: dict[str, datasets.Dataset]):
+    """Greedy evaluation of each set, as the run's config says to generate: set name ->
+    (prediction table, metrics), and the seconds all of them took."""
+    started = time.perf_counter()
+    results = {
+        name: evaluate(
+            model, tokenizer, questions, config.prompt, config.eval, config.generation.name
+        )
+        for name, questions in sets.items()
+    }
+    return results, time.perf_counter() - started
+
+
 def evaluate_base(prepared, checkpoint, tokenizer, dtype, client, run_id, resumed: bool):
     """Greedy evaluation of the untrained model on every evaluation set, logged at step 0
     (reused when resuming). Returns set name -> (prediction table, metrics)."""
     config = prepared.config
-    results, model = {}, None
+    results, pending = {}, {}
     for name, questions in prepared.eval_sets().items():
-        suffix = "" if name == HELD_OUT else f"_{name}"
-        saved = Path(config.output_dir) / f"predictions_before{suffix}.parquet"
+        saved = before_table_path(config, name)
         if resumed and saved.exists():
             table = pd.read_parquet(saved)
             results[name] = table, summarize(table)
-            continue
-        model = model or models.load_model(checkpoint, dtype, prepared.device)
-        log.info("Evaluating the base model on %d questions of %s", len(questions), name)
-        results[name] = evaluate(model, tokenizer, questions, config.prompt, config.eval)
-        results[name][0].to_parquet(saved)
-        log_evaluation(client, run_id, name, *results[name], step=0)
-    return results
+        else:
+            pending[name] = questions
+    if pending:
+        model = models.load_model(checkpoint, dtype, prepared.device)
+        log.info("Evaluating the base model on %s", {n: len(q) for n, q in pending.items()})
+        fresh, seconds = evaluate_sets(model, tokenizer, config, pending)
+        for name, (table, _) in fresh.items():
+            table.to_parquet(before_table_path(config, name))
+        log_evaluations(client, run_id, fresh, seconds, step=0)
+        results.update(fresh)
+    return {name: results[name] for name in prepared.eval_sets()}
 
 
-def log_evaluation(client, run_id, name: str, table, metrics, step: int) -> None:
-    """One set's evaluation: its metrics at `step` (eval/* or eval/<set>/*), its prediction
-    table as before.json (step 0) or after.json."""
-    tracking.log_metrics(client, run_id, metrics, step=step, prefix=metric_prefix(name))
-    client.log_table(run_id, table, predictions_path(name, "before" if step == 0 else "after"))
+def before_table_path(config: RunConfig, name: str) -> Path:
+    """Where a set's step-0 prediction table is kept in the job folder, for a resumed run."""
+    suffix = "" if name == HELD_OUT else f"_{name}"
+    return Path(config.output_dir) / f"predictions_before{suffix}.parquet"
+
+
+def log_evaluations(client, run_id, results, seconds: float, step: int) -> None:
+    """Evaluations of every set at `step`: metrics at eval/* or eval/<set>/*, their wall time
+    as time/eval_seconds, each prediction table as before.json (step 0) or after.json."""
+    metrics = {metric_prefix(name): values for name, (_, values) in results.items()}
+    tracking.log_evaluation(client, run_id, metrics, seconds, step)
+    for name, (table, _) in results.items():
+        client.log_table(run_id, table, predictions_path(name, "before" if step == 0 else "after"))
 
 
 def train(prepared, checkpoint, tokenizer, dtype, client, run_id, resume_from, output_dir):
@@ -410,8 +431,7 @@ def train_on_other_rank(prepared: Prepared, output_dir: Path, resume_from: str |
     dtype = models.torch_dtype(config.model, prepared.device)
     trainer = train(prepared, checkpoint, tokenizer, dtype, None, None, resume_from, output_dir)
     if is_deepspeed_zero3_enabled():
-        for questions in prepared.eval_sets().values():
-            evaluate(trainer.model, tokenizer, questions, config.prompt, config.eval)
+        evaluate_sets(trainer.model, tokenizer, config, prepared.eval_sets())
 
 
 def summary_table(before: dict[str, float], after: dict[str, float]) -> pd.DataFrame:

@@ -179,17 +179,41 @@ def validate(config: RunConfig) -> GpuSplit:
             f"compute={config.compute.name} launches GPU processes and this job runs on {device}. "
             "Fix: compute=cpu (or compute=auto) on a machine without GPUs"
         )
-    if zero_stage(config.compute) == 3 and config.trainer.eval_every_n_steps > 0:
-        raise ConfigError(
-            "trainer.eval_every_n_steps: the periodic evaluation runs on rank 0 alone, and ZeRO-3 "
-            "needs every rank to generate. Fix: trainer.eval_every_n_steps=0 with compute=zero3"
-        )
+    check_zero3(config)
     if config.compute.accelerate_config is None:
         raise ConfigError(
             f"compute.accelerate_config: compute={config.compute.name} has none, and the vLLM "
             "server needs the training to run as separate processes. Fix: compute=server_split"
         )
     return split_gpus(visible_gpus(), config.compute)
+
+
+def check_zero3(config: RunConfig) -> None:
+    """Under ZeRO-3 a forward pass gathers the sharded weights from every rank, so every rank
+    must run the same forward passes: reject what would leave one rank waiting for the others."""
+    if zero_stage(config.compute) != 3:
+        return
+    if config.trainer.eval_every_n_steps > 0:
+        raise ConfigError(
+            "trainer.eval_every_n_steps: the periodic evaluation runs on rank 0 alone, and ZeRO-3 "
+            "needs every rank to generate. Fix: trainer.eval_every_n_steps=0 with compute=zero3"
+        )
+    # The final evaluation runs on every rank; transformers' generate keeps them in step
+    # (synced_gpus) when one rank's answers end sooner, the prefix cache does not.
+    if config.generation.name == "prefix_cache":
+        raise ConfigError(
+            "generation.name: every rank evaluates under ZeRO-3, and only transformers' generate "
+            "keeps the ranks in step. Fix: generation=hf with compute=zero3"
+        )
+    # TRL gathers the whole model before a rollout unless told not to; then each forward pass
+    # gathers, and ranks whose rollouts end at different steps would wait for each other.
+    if config.rollout.name == "prefix_cache" and not config.trainer.grpo.get(
+        "ds3_gather_for_generation", True
+    ):
+        raise ConfigError(
+            "trainer.grpo.ds3_gather_for_generation: rollout=prefix_cache needs the gathered "
+            "model under ZeRO-3. Fix: drop trainer.grpo.ds3_gather_for_generation, or rollout=hf"
+        )
 
 
 @contextlib.contextmanager

@@ -1,8 +1,12 @@
 """Who generates the GRPO rollouts (the `rollout` config group), and the vLLM server's lifecycle.
 
-Three backends, each a set of `trl.GRPOConfig` arguments (`ROLLOUTS`, `grpo_kwargs`):
+Four backends, each a set of `trl.GRPOConfig` arguments (`ROLLOUTS`, `grpo_kwargs`):
 
-- `hf` (the default; the only one on CPU): GRPOTrainer samples with the policy's own `generate`.
+- `hf` (the default): GRPOTrainer samples with the policy's own `generate`.
+- `prefix_cache`: the policy samples through `entropic.generation`'s prefix-cached engine, given
+  to GRPOTrainer as its documented `rollout_func` (`prefix_cache_rollout`): the prompt tokens
+  every question shares are prefilled once per generation batch and each prompt once for its G
+  completions, where `generate` prefills all G copies in full. CPU or GPU.
 - `vllm_colocate`: vLLM runs inside every training process on its GPU (`vllm_mode="colocate"`),
   taking `rollout.gpu_memory_utilization` of it.
 - `vllm_server`: vLLM runs as a server on GPUs of its own (`vllm_mode="server"`); GRPOTrainer sends
@@ -48,6 +52,11 @@ def _hf(cfg: RolloutConfig) -> dict[str, Any]:
     return {"use_vllm": False}
 
 
+def _prefix_cache(cfg: RolloutConfig) -> dict[str, Any]:
+    # the policy generates in the training process; the rollout_func is build_trainer's business
+    return {"use_vllm": False}
+
+
 def _vllm_colocate(cfg: RolloutConfig) -> dict[str, Any]:
     return {
         "use_vllm": True,
@@ -78,6 +87,7 @@ def _vllm_server(cfg: RolloutConfig) -> dict[str, Any]:
 # Every rollout backend and the GRPOConfig arguments it sets.
 ROLLOUTS: dict[str, Callable[[RolloutConfig], dict[str, Any]]] = {
     "hf": _hf,
+    "prefix_cache": _prefix_cache,
     "vllm_colocate": _vllm_colocate,
     "vllm_server": _vllm_server,
 }
@@ -92,15 +102,38 @@ def grpo_kwargs(cfg: RolloutConfig) -> dict[str, Any]:
     return ROLLOUTS[cfg.name](cfg)
 
 
+# GRPOConfig generation settings the prefix_cache engine does not apply, and the value that means
+# "off"; with another value only TRL's own generation would honour them.
+PREFIX_CACHE_UNSUPPORTED = {
+    "min_p": None,
+    "repetition_penalty": 1.0,
+    "generation_kwargs": None,
+    "cache_implementation": None,
+    "use_transformers_continuous_batching": False,
+}
+
+
 def check(config: RunConfig, device: str) -> None:
     """Reject a rollout backend that cannot run here, before any model loads."""
     rollout = config.rollout
+    if rollout.name == "prefix_cache":
+        unsupported = sorted(
+            key
+            for key, off in PREFIX_CACHE_UNSUPPORTED.items()
+            if config.trainer.grpo.get(key, off) != off
+        )
+        if unsupported:
+            raise ValueError(
+                f"trainer.grpo: rollout=prefix_cache samples with temperature, top_p and top_k "
+                f"only, so {unsupported} would be ignored. Fix: drop them, or rollout=hf"
+            )
+        return
     if rollout.name == "hf":
         return
     if device != "cuda":
         raise ValueError(
             f"rollout={rollout.name} needs CUDA GPUs and this job runs on {device}. "
-            "Fix: rollout=hf (the CPU backend)"
+            "Fix: rollout=hf or rollout=prefix_cache (the CPU backends)"
         )
     if importlib.util.find_spec("vllm") is None:
         raise ValueError(
@@ -112,6 +145,56 @@ def check(config: RunConfig, device: str) -> None:
             "rollout.server_url: rollout=vllm_server needs a server. Fix: compute=server_split "
             "(the job starts one on compute.vllm_gpus GPUs) or rollout.server_url=http://host:port"
         )
+
+
+def prefix_cache_rollout(prompts: list, trainer, batch_size: int) -> dict[str, list]:
+    """TRL `rollout_func` of rollout=prefix_cache: TRL's prompts, sampled by the policy through
+    `entropic.generation` with the trainer's own settings (temperature, top_p, top_k, completion
+    length, stop tokens), returning what TRL 1.16's `_generate` reads.
+
+    TRL 1.16 hands over each prompt as many times as it wants completions of it (its
+    RepeatSampler repeats each one G times in a row), so one completion per prompt is the right
+    count; the engine prefills each distinct prompt once however often it appears. `logprobs` are
+    the sampled tokens' log-probabilities under the processed (temperature, top-k/top-p)
+    distribution, vLLM's "processed logprobs": TRL reads them only for its importance-sampling
+    and off-policy corrections. The prompts are tokenised by TRL's own `_tokenize_prompts` (trl is
+    pinned to 1.16.*), so they are the tokens TRL scores the completions after; the model is
+    unwrapped for generation as TRL does it (DDP, ZeRO-3 parameter gathering).
+    """
+    # imported when a rollout runs: the launcher and the config checks import this module too
+    from trl.extras.profiling import profiling_context
+    from trl.models.utils import unwrap_model_for_generation
+
+    from entropic.generation import Sampling, generate
+
+    prompt_ids, _, _ = trainer._tokenize_prompts(prompts)
+    args = trainer.args
+    with (
+        profiling_context(trainer, "prefix_cache.generate"),
+        unwrap_model_for_generation(
+            trainer.model_wrapped,
+            trainer.accelerator,
+            gather_deepspeed3_params=args.ds3_gather_for_generation,
+            gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs,
+        ) as model,
+    ):
+        generated = generate(
+            model,
+            prompt_ids,
+            max_new_tokens=trainer.max_completion_length,
+            stop_ids=trainer.eos_token_ids,
+            pad_token_id=trainer.processing_class.pad_token_id,
+            sampling=Sampling(
+                temperature=trainer.temperature, top_p=trainer.top_p, top_k=trainer.top_k or 0
+            ),
+            batch_size=batch_size,
+            logprobs=True,
+        )
+    return {
+        "prompt_ids": [list(ids) for ids in prompt_ids],
+        "completion_ids": generated.token_ids,
+        "logprobs": generated.logprobs,
+    }
 
 
 def server_command(

@@ -3,10 +3,11 @@
 The stability study (`entropic/study.py`) and the entropy -> Platt pipeline
 (`entropic/calibration.py`) both start here:
 
-* `sample_answers` draws K completions per question with `model.generate` (pure ancestral
-  sampling at `temperature`: top_k and top_p off, as TRL's GRPO rollouts sample and as semantic
-  entropy assumes) and grades each one: parsed answer, stated confidence, correctness against the
-  gold aliases, and the sequence log-probability of the generated tokens.
+* `sample_answers` draws K completions per question with a generation engine
+  (`entropic.generation`: one prefill per question for its K samples, or `model.generate`) by
+  pure ancestral sampling at `temperature` (top_k and top_p off, as TRL's GRPO rollouts sample
+  and as semantic entropy assumes) and grades each one: parsed answer, stated confidence,
+  correctness against the gold aliases, and the sequence log-probability of the generated tokens.
 * `score_questions` turns those samples into one row per question: the share of the K answers
   that are correct, the mean stated confidence, and every uncertainty estimate of
   `entropic.semantic` on the group.
@@ -32,10 +33,9 @@ import datasets
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from entropic.config import PromptConfig
-from entropic.evaluate import tokenize_chats
+from entropic.generation import Sampling, generate_chats
 from entropic.grading import is_correct, normalize_answer
 from entropic.parsing import parse_completion
 from entropic.prompting import build_messages
@@ -52,30 +52,6 @@ from entropic.semantic import (
 )
 
 
-def _stop_token_ids(model, tokenizer) -> set[int]:
-    """Every id that ends a completion: the tokenizer's EOS and the generation config's."""
-    configured = model.generation_config.eos_token_id
-    if configured is None:
-        configured = []
-    ids = set(configured) if isinstance(configured, list) else {configured}
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return ids
-
-
-def generated_lengths(new_tokens: torch.Tensor, stop_ids: set[int]) -> torch.Tensor:
-    """Tokens each row really generated: up to and including its first stop token, else all.
-
-    `generate` keeps writing padding after a row has stopped; those positions are not part of
-    the sampled sequence and must not count towards its log-probability.
-    """
-    is_stop = torch.isin(new_tokens, torch.tensor(sorted(stop_ids), device=new_tokens.device))
-    width = new_tokens.shape[1]
-    first_stop = torch.where(is_stop.any(dim=1), is_stop.int().argmax(dim=1) + 1, width)
-    return first_stop
-
-
-@torch.no_grad()
 def sample_answers(
     model,
     tokenizer,
@@ -86,13 +62,15 @@ def sample_answers(
     max_new_tokens: int,
     batch_size: int,
     seed: int,
+    engine: str,
 ) -> pd.DataFrame:
     """K sampled completions per question, one row each, graded.
 
     Columns: question_id, question, sample (0..k-1), completion, answer, confidence (NaN when it
     does not parse), correct, logprob (sum over the generated tokens) and num_tokens. `batch_size`
-    counts questions per `generate` call, each generating k sequences. Seeded once with
-    `torch.manual_seed(seed)`: the same seed, questions and batch size give the same samples.
+    counts questions per batch, each generating k sequences; `engine` is the run's
+    `generation.name` (entropic.generation). Seeded once with `torch.manual_seed(seed)`: the same
+    seed, questions, batch size and engine give the same samples.
     """
     if k < 1 or batch_size < 1 or max_new_tokens < 1 or temperature <= 0:
         raise ValueError(
@@ -101,58 +79,37 @@ def sample_answers(
             f"temperature={temperature}"
         )
     torch.manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    stop_ids = _stop_token_ids(model, tokenizer)
+    prompts = [build_messages(question, prompt) for question in questions["question"]]
+    texts, generated = generate_chats(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        engine=engine,
+        samples_per_prompt=k,
+        sampling=Sampling(temperature=temperature),
+        batch_size=batch_size * k,
+        logprobs=True,
+        progress=f"sampling {k} answers per question",
+    )
     rows = []
-    progress = tqdm(total=len(questions) * k, desc=f"sampling {k} answers per question")
-    for start in range(0, len(questions), batch_size):
-        chunk = questions.select(range(start, min(start + batch_size, len(questions))))
-        prompts = [build_messages(question, prompt) for question in chunk["question"]]
-        batch = tokenize_chats(tokenizer, prompts, model.device)
-        output = model.generate(
-            **batch,
-            do_sample=True,
-            num_return_sequences=k,
-            temperature=temperature,
-            top_k=0,
-            top_p=1.0,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-            output_scores=True,
-            return_dict_in_generate=True,
+    # the k samples of a question come back side by side
+    for index, (text, logprobs) in enumerate(zip(texts, generated.logprobs, strict=True)):
+        row = questions[index // k]
+        answer, confidence = parse_completion(text, prompt.format)
+        rows.append(
+            {
+                "question_id": row["question_id"],
+                "question": row["question"],
+                "sample": index % k,
+                "completion": text,
+                "answer": answer,
+                "confidence": np.nan if confidence is None else confidence,
+                "correct": bool(is_correct(answer, row["answers"])),
+                "logprob": float(sum(logprobs)),
+                "num_tokens": len(logprobs),
+            }
         )
-        new_tokens = output.sequences[:, batch["input_ids"].shape[1] :]
-        token_logprobs = model.compute_transition_scores(
-            output.sequences, output.scores, normalize_logits=True
-        )
-        lengths = generated_lengths(new_tokens, stop_ids)
-        inside = (
-            torch.arange(new_tokens.shape[1], device=lengths.device)[None, :] < lengths[:, None]
-        )
-        # Positions after the stop token may hold -inf; they are masked, never multiplied.
-        logprobs = torch.where(inside, token_logprobs, 0.0).sum(dim=1).float().cpu().numpy()
-        texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        # generate returns the k samples of a prompt next to each other (repeat_interleave).
-        for index, text in enumerate(texts):
-            row = chunk[index // k]
-            answer, confidence = parse_completion(text, prompt.format)
-            rows.append(
-                {
-                    "question_id": row["question_id"],
-                    "question": row["question"],
-                    "sample": index % k,
-                    "completion": text,
-                    "answer": answer,
-                    "confidence": np.nan if confidence is None else confidence,
-                    "correct": bool(is_correct(answer, row["answers"])),
-                    "logprob": float(logprobs[index]),
-                    "num_tokens": int(lengths[index]),
-                }
-            )
-        progress.update(len(texts))
-    progress.close()
-    model.train(was_training)
     return pd.DataFrame(rows)
 
 

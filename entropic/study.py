@@ -287,7 +287,9 @@ def stability_study(cfg: DictConfig) -> RunResult:
         checkpoint = models.resolve_checkpoint(config.model)
         tokenizer = models.load_tokenizer(checkpoint)
         model = models.load_model(checkpoint, models.torch_dtype(config.model, device), device)
-        greedy, greedy_metrics = evaluate(model, tokenizer, questions, config.prompt, config.eval)
+        greedy, greedy_metrics = evaluate(
+            model, tokenizer, questions, config.prompt, config.eval, config.generation.name
+        )
         sampling_started = time.perf_counter()
         samples = sample_answers(
             model,
@@ -299,6 +301,7 @@ def stability_study(cfg: DictConfig) -> RunResult:
             max_new_tokens=study.max_new_tokens,
             batch_size=study.batch_size,
             seed=config.seed,
+            engine=config.generation.name,
         )
         sampling_seconds = time.perf_counter() - sampling_started
         per_question = score_questions(samples, clusterer).merge(

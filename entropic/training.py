@@ -2,13 +2,15 @@
 `GRPOTrainer`.
 
 Nothing here subclasses the trainer; everything goes through TRL's documented hooks: the rewards
-are plain callables, LoRA is `peft_config`, the confidence-only loss is a `rollout_func` that
-returns an `env_mask`, MLflow logging and the periodic held-out evaluation are `callbacks`.
+are plain callables, LoRA is `peft_config`, rollout=prefix_cache and the confidence-only loss are
+a `rollout_func` (the latter returns an `env_mask`), MLflow logging and the periodic held-out
+evaluation are `callbacks`.
 """
 
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,8 +25,8 @@ from trl import GRPOConfig, GRPOTrainer
 from entropic.config import AdapterConfig, EvalConfig, PromptConfig, RunConfig
 from entropic.evaluate import evaluate, metric_prefix
 from entropic.parsing import confidence_key_start
-from entropic.rollout import grpo_kwargs
-from entropic.tracking import MlflowMetricsCallback, log_metrics
+from entropic.rollout import grpo_kwargs, prefix_cache_rollout
+from entropic.tracking import MlflowMetricsCallback, log_evaluation
 
 
 def build_grpo_config(
@@ -144,31 +146,56 @@ def confidence_mask(completion_ids: list[int], tokenizer, fmt: str = "lines") ->
     return [0] * start + [1] * (len(completion_ids) - start)
 
 
-def confidence_only_rollout(prompts: list, trainer: GRPOTrainer, fmt: str = "lines") -> dict:
-    """TRL `rollout_func` for `trainer.loss_tokens=confidence`: generate exactly as TRL does
-    without one (hf or vLLM), then return an `env_mask` that keeps the answer tokens out of the
-    loss, TRL's documented way to mask tokens the policy should not be trained on.
+def trl_rollout(prompts: list, trainer: GRPOTrainer) -> dict:
+    """Generate exactly as TRL does without a `rollout_func` (hf or vLLM), for a `rollout_func`
+    that only adds to it.
 
     Generation calls TRL 1.16's own `_tokenize_prompts` and `_generate_single_turn` (trl is
-    pinned to 1.16.*), so rollouts are the same with and without the mask. The prompts arrive
+    pinned to 1.16.*), so rollouts are the same with and without the wrapper. The prompts arrive
     already repeated G times by TRL's RepeatSampler: one completion per prompt is the right count.
     """
     prompt_ids, images, multimodal_fields = trainer._tokenize_prompts(prompts)
     completion_ids, logprobs = trainer._generate_single_turn(
         prompt_ids, images, multimodal_fields, trainer.num_generations
     )
-    tokenizer = trainer.processing_class
-    return {
-        "prompt_ids": prompt_ids,
-        "completion_ids": completion_ids,
-        "logprobs": logprobs,
-        "env_mask": [confidence_mask(ids, tokenizer, fmt) for ids in completion_ids],
-    }
+    return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": logprobs}
+
+
+def with_confidence_mask(
+    rollout: Callable[[list, GRPOTrainer], dict], fmt: str = "lines"
+) -> Callable:
+    """The `rollout_func` of `trainer.loss_tokens=confidence`: `rollout`'s completions with an
+    `env_mask` that keeps the answer tokens out of the loss, TRL's documented way to mask tokens
+    the policy should not be trained on. `fmt` (prompt.format) says which Confidence key counts."""
+
+    def masked(prompts: list, trainer: GRPOTrainer) -> dict:
+        output = rollout(prompts, trainer)
+        tokenizer = trainer.processing_class
+        mask = [confidence_mask(ids, tokenizer, fmt) for ids in output["completion_ids"]]
+        return {**output, "env_mask": mask}
+
+    return masked
+
+
+def rollout_func(cfg: RunConfig) -> Callable[[list, GRPOTrainer], dict] | None:
+    """GRPOTrainer's `rollout_func`: rollout=prefix_cache generates through entropic.generation,
+    `trainer.loss_tokens=confidence` masks the answer tokens of whatever generated them; None
+    leaves generation to TRL."""
+    if cfg.rollout.name == "prefix_cache":
+        generate = functools.partial(prefix_cache_rollout, batch_size=cfg.rollout.batch_size)
+    elif cfg.trainer.loss_tokens == "confidence":
+        generate = trl_rollout
+    else:
+        return None
+    if cfg.trainer.loss_tokens != "confidence":
+        return generate
+    return with_confidence_mask(generate, cfg.prompt.format)
 
 
 class PeriodicEvalCallback(TrainerCallback):
     """Greedy evaluation on fixed subsets every N steps, logged at that step: the held-out
-    split's as eval/*, each other evaluation set's (`eval.sets.<set>.periodic`) as eval/<set>/*."""
+    split's as eval/*, each other evaluation set's (`eval.sets.<set>.periodic`) as eval/<set>/*,
+    and their wall time together as time/eval_seconds."""
 
     def __init__(
         self,
@@ -177,10 +204,12 @@ class PeriodicEvalCallback(TrainerCallback):
         questions: dict[str, datasets.Dataset],
         prompt: PromptConfig,
         eval_cfg: EvalConfig,
+        engine: str,
         client: MlflowClient,
         run_id: str,
     ):
         self.every_n_steps = every_n_steps
+        self.engine = engine
         self.tokenizer = tokenizer
         self.questions = questions
         self.prompt = prompt
@@ -194,10 +223,15 @@ class PeriodicEvalCallback(TrainerCallback):
             return
         if not state.is_world_process_zero:
             return
-        for name, questions in self.questions.items():
-            _, metrics = evaluate(model, self.tokenizer, questions, self.prompt, self.eval_cfg)
-            step = state.global_step
-            log_metrics(self.client, self.run_id, metrics, step=step, prefix=metric_prefix(name))
+        started = time.perf_counter()
+        metrics = {
+            metric_prefix(name): evaluate(
+                model, self.tokenizer, questions, self.prompt, self.eval_cfg, self.engine
+            )[1]
+            for name, questions in self.questions.items()
+        }
+        seconds = time.perf_counter() - started
+        log_evaluation(self.client, self.run_id, metrics, seconds, state.global_step)
 
 
 def build_trainer(
@@ -224,6 +258,7 @@ def build_trainer(
                     periodic_questions,
                     cfg.prompt,
                     cfg.eval,
+                    cfg.generation.name,
                     client,
                     run_id,
                 )
@@ -236,12 +271,7 @@ def build_trainer(
         processing_class=tokenizer,
         callbacks=callbacks,
         peft_config=peft_config(cfg.adapter),
-        rollout_func=(
-            # the prompt's format says which Confidence key the mask starts at
-            functools.partial(confidence_only_rollout, fmt=cfg.prompt.format)
-            if cfg.trainer.loss_tokens == "confidence"
-            else None
-        ),
+        rollout_func=rollout_func(cfg),
     )
 
 

@@ -15,7 +15,7 @@ from transformers import TrainerCallback
 
 from entropic import models
 from entropic.models import RANDOM_SHAPES
-from entropic.training import confidence_mask, confidence_only_rollout
+from entropic.training import confidence_mask
 from tests.test_training import tiny_trainer
 
 
@@ -234,16 +234,19 @@ def test_confidence_mask_ignores_the_word_inside_an_answer(tokenizer):
     assert start == len(tokenizer.encode("Answer: The Confidence-Man\n", add_special_tokens=False))
 
 
-def test_confidence_only_loss_runs_through_the_rollout_func(tmp_path):
+# why: the mask is added to whatever generated the completions, TRL itself or the prefix cache
+@pytest.mark.parametrize("rollout", ["hf", "prefix_cache"])
+def test_confidence_only_loss_runs_through_the_rollout_func(tmp_path, rollout):
     # one step is enough to see the rollout_func feed TRL's loss
-    trainer, _ = tiny_trainer(tmp_path, ["trainer.loss_tokens=confidence", "trainer.max_steps=1"])
-    # why: the mask starts at the Confidence key the prompt's format reads (the first here)
-    assert trainer.rollout_func.func is confidence_only_rollout
-    assert trainer.rollout_func.keywords == {"fmt": "lines"}
+    trainer, _ = tiny_trainer(
+        tmp_path, ["trainer.loss_tokens=confidence", "trainer.max_steps=1", f"rollout={rollout}"]
+    )
+    masked_rollout = trainer.rollout_func
+    assert masked_rollout is not None
     masks: list[list[list[int]]] = []
 
     def recording_rollout(prompts, grpo_trainer):
-        output = confidence_only_rollout(prompts, grpo_trainer)
+        output = masked_rollout(prompts, grpo_trainer)
         masks.append(output["env_mask"])
         return output
 

@@ -20,7 +20,9 @@ def test_bench_measures_every_section_and_writes_json_and_markdown(
     results = bench.main(
         [
             "--rollout-prompts=2",
+            "--num-generations=3",
             "--max-new-tokens=4",
+            "--eval-questions=5",
             "--steps=2",
             "--uncertainty-questions=4",
             "--k=4",
@@ -41,12 +43,15 @@ def test_bench_measures_every_section_and_writes_json_and_markdown(
         json.dumps(results["rollout"], default=str)
     )
 
-    hf32, hf16, vllm = results["rollout"]
-    assert (hf32["backend"], hf16["backend"]) == ("transformers fp32", "transformers bf16")
+    *engines, vllm = results["rollout"]
+    labels = ["transformers fp32", "prefix_cache fp32", "transformers bf16", "prefix_cache bf16"]
+    assert [row["backend"] for row in engines] == labels
     # why: fp32 transformers is the baseline every other backend is compared with
-    assert hf32["vs_fp32"] == 1.0
-    for row in (hf32, hf16):
+    assert engines[0]["vs_fp32"] == 1.0
+    for row in engines:
         assert math.isfinite(row["tokens_per_s"]) and row["tokens_per_s"] > 0
+    # why: 2 prompts x G=3 share the system message and few-shot turns; the note says how much
+    assert "prompt tokens shared" in engines[1]["note"] and not engines[0]["note"]
     if importlib.util.find_spec("vllm") is None:
         # why: an absent backend is reported, not measured as zero
         assert (vllm["tokens_per_s"], vllm["vs_fp32"], vllm["note"]) == (
@@ -57,15 +62,25 @@ def test_bench_measures_every_section_and_writes_json_and_markdown(
     else:
         assert vllm["tokens_per_s"] > 0
 
+    evaluation = results["evaluation"]
+    assert [row["engine"] for row in evaluation] == labels
+    assert evaluation[0]["speedup"] == 1.0
+    for row in evaluation:
+        assert row["seconds"] > 0 and row["tokens"] > 0
+        # why: each engine's answers are held to transformers' in the same dtype, token for token;
+        # in fp32 the prefix cache gives exactly generate's answers (bf16 may round differently)
+        assert 0 <= row["same_answers"] <= 1 and 0 <= row["same_as_fp32"] <= 1
+    assert evaluation[1]["same_answers"] == evaluation[1]["same_as_fp32"] == 1.0
+
     steps = results["grpo_step"]
     assert [step["variant"] for step in steps] == list(bench.STEP_VARIANTS)
     # why: the first variant is the baseline the others are compared with
     assert steps[0]["vs_first"] == 1.0
-    for step in steps:
-        # why: the blocks were read back from TRL's profiling timers in MLflow
-        assert {"_prepare_inputs", "transformers.generate", "_calculate_rewards"} <= set(
-            step["trl_profiling_s"]
-        )
+    for step, (_, _, _, rollout) in zip(steps, bench.STEP_VARIANTS.values(), strict=True):
+        # why: the blocks were read back from TRL's profiling timers in MLflow, generation under
+        # the timer of the variant's rollout backend
+        timer = bench.GENERATION_TIMERS[rollout]
+        assert {"_prepare_inputs", timer, "_calculate_rewards"} <= set(step["trl_profiling_s"])
         # why: TRL's blocks nest: generation and the rewards run inside _prepare_inputs, which
         # runs inside the step; timers read from the wrong steps or runs would break the nesting
         assert step["generation_s"] > 0 and step["reward_s"] > 0
@@ -92,5 +107,12 @@ def test_bench_measures_every_section_and_writes_json_and_markdown(
     # why: a row without a note shows an empty cell, not "nan"
     fp32_line = next(line for line in report.splitlines() if line.startswith("| transformers fp32"))
     assert not fp32_line.rstrip(" |").endswith("nan")
-    for heading in ("Rollout throughput", "GRPO step", "Reward overhead", "Test-time uncertainty"):
+    headings = (
+        "Rollout throughput",
+        "Greedy evaluation",
+        "GRPO step",
+        "Reward overhead",
+        "Test-time uncertainty",
+    )
+    for heading in headings:
         assert heading in report

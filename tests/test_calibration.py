@@ -70,6 +70,7 @@ def _key_after(tmp_path, overrides, split="train", questions=None):
         (["prompt=calibration_aggressive"], True),  # another prompt, other answers
         (["data.train_size=1700"], True),  # the data source's sizes are part of the key
         (["calibration.batch_size=2"], False),  # float order only, same distribution
+        (["generation=prefix_cache"], False),  # another engine, the same distribution
         (["reward.labeled_fraction=0.25"], False),  # a sweep over the label share reuses scores
         (["trainer.learning_rate=3e-6"], False),  # nor does training touch the base scores
     ],

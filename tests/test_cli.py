@@ -80,6 +80,10 @@ def test_main_job_runs_end_to_end_and_a_rerun_leaves_it_finished(
         steps = [m.step for m in client.get_metric_history(run.info.run_id, f"eval/{name}")]
         # before training, the periodic evaluation, and at the final global step
         assert steps == [0, 1, 2], (name, steps)
+    # why: what each evaluation took (every set evaluated at its step), at its step, sums to
+    # what evaluation cost the run
+    seconds = client.get_metric_history(run.info.run_id, "time/eval_seconds")
+    assert [m.step for m in seconds] == [0, 1, 2] and all(m.value > 0 for m in seconds)
     assert run.data.params["reward.labeled_fraction"] == "0.5"
     # why: dtype=auto on the CPU is what this machine's bf16-vs-fp32 probe says, and is logged
     expected = "bfloat16" if models.cpu_bf16_is_faster() else "float32"

@@ -76,6 +76,7 @@ def test_reference_runs_have_the_reference_settings(
         ("trainer.temperature=inf", "trainer.temperature"),  # passes `> 0`
         ("reward.log_score_floor=nan", "reward.log_score_floor"),
         ("trainer.top_p=nan", "trainer.top_p"),  # a key with no range check of its own
+        ("generation.name=vllm", "generation.name"),  # a typo lists the engines
     ],
 )
 def test_bad_values_name_the_key_and_the_fix(override, key):

@@ -167,6 +167,34 @@ def test_impossible_gpu_splits_name_the_keys(visible, vllm_gpus, num_processes):
 
 
 @pytest.mark.parametrize(
+    ("overrides", "rejected"),
+    [
+        (["compute=zero3"], None),  # the defaults run under ZeRO-3
+        # rank 0 evaluates alone mid-training while the others wait in a gather
+        (["compute=zero3", "trainer.eval_every_n_steps=1"], "trainer.eval_every_n_steps"),
+        # every rank evaluates at the end; only generate's synced_gpus keeps them in step
+        (["compute=zero3", "generation=prefix_cache"], "generation.name"),
+        (["compute=multi_gpu", "generation=prefix_cache"], None),  # DDP: rank 0 evaluates alone
+        # TRL gathers the model for rollouts, so the ranks' rollouts need not end together
+        (["compute=zero3", "rollout=prefix_cache"], None),
+        # ...unless told not to gather
+        (
+            ["compute=zero3", "rollout=prefix_cache", "+trainer.grpo.ds3_gather_for_generation=0"],
+            "trainer.grpo.ds3_gather_for_generation",
+        ),
+    ],
+)
+def test_zero3_rejects_what_would_leave_a_rank_waiting(overrides, rejected):
+    config = RunConfig.from_hydra(compose_config(overrides))
+    if rejected is None:
+        launch.check_zero3(config)
+        return
+    with pytest.raises(ConfigError, match=rejected) as err:
+        launch.check_zero3(config)
+    assert "Fix:" in str(err.value)
+
+
+@pytest.mark.parametrize(
     ("overrides", "world_size", "expected"),
     [
         (["compute=cpu"], None, False),  # the laptop trains in-process

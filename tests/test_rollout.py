@@ -6,6 +6,7 @@ worker, as vLLM has) through the same `rollout.serving` the launcher uses.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import sys
@@ -21,6 +22,7 @@ from entropic.config import ConfigError, RunConfig
 from entropic.job import prepare
 from entropic.training import build_grpo_config
 from tests.conftest import compose_config
+from tests.test_training import tiny_trainer
 
 STAND_IN = str(Path(__file__).with_name("stand_in_server.py"))
 
@@ -30,6 +32,8 @@ STAND_IN = str(Path(__file__).with_name("stand_in_server.py"))
     [
         # why: the CPU default generates with the policy itself
         ([], {"use_vllm": False}),
+        # why: the prefix cache generates with the policy too, through TRL's rollout_func
+        (["rollout=prefix_cache"], {"use_vllm": False}),
         # why: colocate shares the training GPU, so its memory share must reach TRL
         (
             ["rollout=vllm_colocate", "rollout.gpu_memory_utilization=0.45"],
@@ -75,6 +79,7 @@ def test_server_mode_without_a_url_is_refused_when_building_the_trainer(tmp_path
         (["rollout=vllm_colocate", "rollout.gpu_memory_utilization=1.5"], "gpu_memory_utilization"),
         (["rollout=vllm_colocate", "rollout.tensor_parallel_size=0"], "tensor_parallel_size"),
         (["rollout=vllm_server", "rollout.server_timeout=0"], "server_timeout"),
+        (["rollout=prefix_cache", "rollout.batch_size=0"], "rollout.batch_size"),  # no rows
     ],
 )
 def test_bad_rollout_values_name_the_key(overrides, key):
@@ -94,6 +99,54 @@ def test_vllm_rollouts_are_rejected_on_cpu_before_any_model_loads(overrides, tmp
     with pytest.raises(ConfigError) as err:
         prepare(compose_config(["compute=cpu", *overrides], tmp_path))
     assert "rollout=hf" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "accepted"),
+    [
+        ([], True),  # why: the prefix cache is a CPU backend
+        (["+trainer.grpo.top_k=20"], True),  # top-k is applied
+        (["+trainer.grpo.min_p=0.1"], False),  # min-p is not: it would be ignored silently
+        (["+trainer.grpo.repetition_penalty=1.2"], False),
+        (["+trainer.grpo.repetition_penalty=1.0"], True),  # the value that means "off"
+        (["+trainer.grpo.generation_kwargs={suppress_tokens:[5]}"], False),
+    ],
+)
+def test_prefix_cache_rollouts_refuse_settings_they_would_ignore(overrides, accepted, tmp_path):
+    cfg = compose_config(["compute=cpu", "rollout=prefix_cache", *overrides], tmp_path)
+    if accepted:
+        prepare(cfg)
+        return
+    with pytest.raises(ConfigError) as err:
+        prepare(cfg)
+    assert "trainer.grpo" in str(err.value) and "rollout=hf" in str(err.value)
+
+
+def test_prefix_cache_rollouts_feed_a_grpo_step(tmp_path):
+    trainer, config = tiny_trainer(tmp_path, ["rollout=prefix_cache", "trainer.max_steps=1"])
+    rollout_func = trainer.rollout_func
+    calls = []
+
+    def recording_rollout(prompts, grpo_trainer):
+        output = rollout_func(prompts, grpo_trainer)
+        calls.append((prompts, output))
+        return output
+
+    # the same rollout, recorded: TRL calls whatever trainer.rollout_func holds
+    trainer.rollout_func = recording_rollout
+    trainer.train()
+    assert trainer.state.global_step == 1
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses and all(math.isfinite(v) for v in losses)
+    ((prompts, output),) = calls
+    # why: TRL hands over each prompt G times and wants one completion for each it handed over
+    assert len(output["completion_ids"]) == len(prompts) == 4
+    assert len({str(p) for p in prompts}) == 2
+    # why: the prompt tokens are TRL's own tokenisation, which it scores the completions after
+    assert output["prompt_ids"] == [list(ids) for ids in trainer._tokenize_prompts(prompts)[0]]
+    for completion, logprobs in zip(output["completion_ids"], output["logprobs"], strict=True):
+        assert 1 <= len(completion) <= config.trainer.max_completion_length
+        assert len(logprobs) == len(completion) and all(lp <= 0 for lp in logprobs)
 
 
 def test_server_command_is_trls_vllm_serve_on_loopback():

@@ -12,32 +12,15 @@ import torch
 
 from entropic import models
 from entropic.config import RunConfig
-from entropic.evaluate import tokenize_chats
+from entropic.generation import chat_prompt_ids
 from entropic.prompting import build_messages
 from entropic.sampling import (
-    generated_lengths,
     group_embedding_entropy,
     sample_answers,
     score_questions,
 )
 from entropic.semantic import build_clusterer
 from tests.conftest import compose_config
-
-EOS = 2
-
-
-@pytest.mark.parametrize(
-    ("row", "expected"),
-    [
-        ([5, 6, EOS, EOS], 3),  # stops at its first EOS, which counts: its probability is sampled
-        ([5, 6, 7, 8], 4),  # never stopped: every position was generated
-        ([EOS, EOS, EOS, EOS], 1),  # stopped at once; the padding after it is not generated
-        ([5, EOS, 9, EOS], 2),  # only the first stop token ends the sequence
-    ],
-)
-def test_generated_lengths(row, expected):
-    assert generated_lengths(torch.tensor([row]), {EOS}).tolist() == [expected]
-
 
 # Unit vectors: "x" and "x2" point the same way, "y" is orthogonal to both.
 VECTORS = {"x": np.array([1.0, 0.0]), "x2": np.array([1.0, 0.0]), "y": np.array([0.0, 1.0])}
@@ -134,10 +117,13 @@ def smollm(embedded_checkpoint):
     return model, tokenizer
 
 
-def test_sample_answers_on_the_real_model(smollm, tmp_path):
+# why: both engines sample the model's distribution and report the same log-probabilities
+@pytest.mark.parametrize("engine", ["hf", "prefix_cache"])
+def test_sample_answers_on_the_real_model(smollm, tmp_path, engine):
     model, tokenizer = smollm
     prompt = RunConfig.from_hydra(compose_config([], tmp_path)).prompt
     kwargs = {"k": 3, "temperature": 1.0, "max_new_tokens": 16, "batch_size": 2, "seed": 7}
+    kwargs["engine"] = engine
     samples = sample_answers(model, tokenizer, QUESTIONS, prompt, **kwargs)
     assert list(samples["question_id"]) == ["fr"] * 3 + ["jp"] * 3
     assert list(samples["sample"]) == [0, 1, 2] * 2
@@ -155,16 +141,17 @@ def test_sample_answers_on_the_real_model(smollm, tmp_path):
     stop = tokenizer.eos_token_id
     for row in samples.itertuples():
         messages = build_messages(QUESTIONS[int(row.question_id == "jp")]["question"], prompt)
-        prompt_ids = tokenize_chats(tokenizer, [messages], "cpu")["input_ids"][0]
+        (prompt_ids,) = chat_prompt_ids(tokenizer, [messages])
         completion_ids = tokenizer(row.completion, add_special_tokens=False)["input_ids"]
         if len(completion_ids) < row.num_tokens:
             completion_ids = [*completion_ids, stop]
         assert len(completion_ids) == row.num_tokens  # the text round-trips to the same tokens
-        ids = torch.tensor([[*prompt_ids.tolist(), *completion_ids]])
+        ids = torch.tensor([[*prompt_ids, *completion_ids]])
         with torch.no_grad():
             logits = model(ids).logits[0, len(prompt_ids) - 1 : -1]
         expected = torch.log_softmax(logits.float(), dim=-1)[
             torch.arange(len(completion_ids)), torch.tensor(completion_ids)
         ].sum()
-        # left padding in the sampled batch of two shifts the float sums by ~1e-3
+        # padding in the sampled batch (left, or between prefix and question) shifts the float
+        # sums by ~1e-3
         assert row.logprob == pytest.approx(float(expected), abs=1e-2)

@@ -1,20 +1,25 @@
 """A real GRPOTrainer on a tiny model: two steps change the weights, give finite losses, and log
-what our reward gave."""
+what our reward gave; the periodic evaluation logs its metrics and seconds at its step."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import datasets
+import pytest
 import torch
+from transformers import TrainerState
 
-from entropic import models
+from entropic import models, tracking
 from entropic.config import RunConfig
+from entropic.data import load_eval_questions
+from entropic.evaluate import HELD_OUT
 from entropic.prompting import add_prompts
 from entropic.rewards import TRLReward, mark_labeled
 from entropic.semantic import build_clusterer
-from entropic.training import build_trainer
+from entropic.training import PeriodicEvalCallback, build_trainer
 from tests.conftest import compose_config
 
 QUESTIONS = {
@@ -97,3 +102,52 @@ def test_two_grpo_steps_on_a_tiny_model_change_the_weights(tmp_path, embedded_ch
     for entry in logged:
         assert (entry["rewards/mixed/mean"], entry["rewards/mixed/std"]) == (FORMAT_PENALTY, 0.0)
         assert (entry["calibration/format_rate"], entry["calibration/accuracy"]) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("global_step", "logged"),
+    [
+        (2, True),  # every second step
+        (3, False),  # not a multiple of every_n_steps
+        (4, False),  # the final step: the job's own full evaluation follows
+    ],
+)
+def test_periodic_evaluation_logs_metrics_and_seconds_at_its_step(
+    tmp_path, mlflow_uri, global_step, logged
+):
+    config = RunConfig.from_hydra(compose_config(["model=tiny_random"], tmp_path))
+    checkpoint = models.resolve_checkpoint(config.model)
+    tokenizer = models.load_tokenizer(checkpoint)
+    model = models.load_model(checkpoint, torch.float32, "cpu")
+    client = tracking.get_client(mlflow_uri)
+    with tracking.mlflow_run(client, "periodic", "run", {}) as run_id:
+        callback = PeriodicEvalCallback(
+            2,
+            tokenizer,
+            # the held-out split and one evaluation set asked for periodically
+            {
+                HELD_OUT: datasets.Dataset.from_dict(QUESTIONS).select(range(2)),
+                "elements": load_eval_questions("elements", eval_size=2),
+            },
+            config.prompt,
+            replace(config.eval, max_new_tokens=4),
+            "prefix_cache",
+            client,
+            run_id,
+        )
+        state = TrainerState(global_step=global_step, max_steps=4, is_world_process_zero=True)
+        callback.on_step_end(None, state, None, model=model)
+    history = {
+        name: [(m.step, m.value) for m in client.get_metric_history(run_id, name)]
+        for name in ("eval/accuracy", "eval/elements/accuracy", "time/eval_seconds")
+    }
+    if not logged:
+        assert all(values == [] for values in history.values())
+        return
+    # why: each set under its own name; the held-out split where reports read it
+    assert [step for step, _ in history["eval/accuracy"]] == [global_step]
+    assert [step for step, _ in history["eval/elements/accuracy"]] == [global_step]
+    # why: the seconds sit beside the metrics, at the same step, once for all the sets, so a
+    # run's evaluations add up
+    ((step, seconds),) = history["time/eval_seconds"]
+    assert step == global_step and seconds > 0
