@@ -157,6 +157,8 @@ def evaluate(
 # The training source's held-out split among the sets a run evaluates. Its metrics stay at
 # eval/<metric> and its tables at predictions/<when>.json, where reports and the UI read them.
 HELD_OUT = "held_out"
+# The behaviour table's title beside the sets' summary tables (summary.md, the printed summary).
+BEHAVIOUR = "behaviour"
 
 
 def metric_prefix(name: str) -> str:
@@ -202,10 +204,10 @@ def check_sets(cfg: EvalConfig) -> None:
     whole, as `data=jsonl` is). Raises ValueError naming the set's key."""
     for name, entry in cfg.sets.items():
         key = set_key(name)
-        if name in SUMMARY_NAMES or name == HELD_OUT:
+        if name in SUMMARY_NAMES or name in (HELD_OUT, BEHAVIOUR):
             raise ValueError(
-                f"{key}: {name!r} names the held-out split or one of its metrics (eval/{name}). "
-                "Fix: give the set another name"
+                f"{key}: {name!r} names the held-out split, the behaviour table or one of the "
+                f"held-out split's metrics (eval/{name}). Fix: give the set another name"
             )
         check_eval_source(entry.source, key=key, **entry.options)
 

@@ -40,6 +40,7 @@ from entropic.data import (
     rows_to_dataset,
 )
 from entropic.evaluate import (
+    BEHAVIOUR,
     HELD_OUT,
     SUMMARY_NAMES,
     behaviour_table,
@@ -455,7 +456,7 @@ def log_summaries(client, run_id, before, after) -> dict[str, pd.DataFrame]:
             panels["after training"] = after[name][0]
         figure = reliability_diagram(panels)
         client.log_figure(run_id, figure, figure_path("reliability_diagram", name))
-    tables["behaviour"] = behaviour_table(
+    tables[BEHAVIOUR] = behaviour_table(
         {name: metrics for name, (_, metrics) in before.items()},
         {name: metrics for name, (_, metrics) in after.items()},
     )

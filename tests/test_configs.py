@@ -349,6 +349,11 @@ def small_jsonl(tmp_path, count: int) -> str:
             "eval.sets.held_out",
             "the held-out split's own name in reports and summaries",
         ),
+        (
+            ["+eval.sets.behaviour={source: elements, size: 5}"],
+            "eval.sets.behaviour",
+            "the behaviour table's title among the summary tables",
+        ),
     ],
 )
 def test_prepare_rejects_bad_eval_sets_before_any_model(overrides, expected, why, tmp_path):
