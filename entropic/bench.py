@@ -345,7 +345,9 @@ def grpo_step(
         adapter=replace(prepared.config.adapter, name=adapter),
         rollout=replace(prepared.config.rollout, name=rollout),
     )
-    reward = TRLReward(config.reward, config.trainer.num_generations, prepared.clusterer)
+    reward = TRLReward(
+        config.reward, config.trainer.num_generations, prepared.clusterer, config.prompt.format
+    )
     trainer = build_trainer(
         config,
         checkpoint,

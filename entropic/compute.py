@@ -3,13 +3,15 @@
 Laptop versus cluster is configuration: `compute=auto` (the default) lands on CUDA when it is there
 and on the CPU profile otherwise. On CPU, `compute.cpu_scale` shrinks the run so that an experiment
 finishes in minutes on two cores while staying real: the same model, a seeded subset of the same
-training pool, real GRPO steps, and at least 200 held-out questions. On GPU the experiment's own
-sizes apply.
+training pool, real GRPO steps, and at least 200 held-out questions (each other evaluation set,
+`eval.sets`, is capped at `compute.cpu_scale.set_questions`). On GPU the experiment's own sizes
+apply.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -41,9 +43,10 @@ SCALED_KEYS = (
 
 
 def dotted(config: Any, key: str) -> Any:
-    """A value of a nested dataclass by its dotted key (`trainer.temperature`)."""
+    """A value of a nested dataclass by its dotted key (`trainer.temperature`); a mapping's
+    entries by name (`eval.sets.elements.size`)."""
     for part in key.split("."):
-        config = getattr(config, part)
+        config = config[part] if isinstance(config, Mapping) else getattr(config, part)
     return config
 
 
@@ -80,8 +83,16 @@ def apply_cpu_scale(cfg: RunConfig, device: str) -> tuple[RunConfig, Changed]:
         temperature=temperature,
     )
     data = dataclasses.replace(cfg.data, eval_size=min(cfg.data.eval_size, scale.eval_questions))
-    scaled = dataclasses.replace(cfg, trainer=trainer, data=data)
-    return scaled, changed_values(cfg, scaled, SCALED_KEYS)
+    sets = cfg.eval.sets
+    if scale.set_questions is not None:
+        sets = {
+            name: dataclasses.replace(entry, size=min(entry.size, scale.set_questions))
+            for name, entry in sets.items()
+        }
+    evaluation = dataclasses.replace(cfg.eval, sets=sets)
+    scaled = dataclasses.replace(cfg, trainer=trainer, data=data, eval=evaluation)
+    set_keys = tuple(f"eval.sets.{name}.size" for name in sets)
+    return scaled, changed_values(cfg, scaled, SCALED_KEYS + set_keys)
 
 
 def train_questions(cfg: RunConfig, device: str) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,7 +151,7 @@ class DataConfig:
         _require(self.eval_size > 0, "data.eval_size", "must be > 0", "e.g. data.eval_size=500")
 
 
-PROMPT_FORMATS = ("lines", "tags")
+PROMPT_FORMATS = ("lines", "tags", "reasoning")
 
 
 @dataclass
@@ -159,20 +160,34 @@ class PromptConfig:
     name: str
     # system message: what to answer and how to state confidence
     system: str
-    # answer format the few-shot turns teach: lines (Answer:/Confidence:) or tags
+    # answer format the few-shot turns teach: lines (Answer:/Confidence:), tags, or reasoning
+    # (a few sentences of thought, then the two lines; the last Answer/Confidence lines count)
     format: str = "lines"
-    # few-shot turns, each {question, answer, confidence}
+    # few-shot turns, each {question, answer, confidence} (and reasoning, for format=reasoning)
     few_shot: list[dict[str, Any]] = field(default_factory=list)
+    # completion tokens this prompt's replies need: rollouts and evaluation get at least this
+    # many, whatever trainer.max_completion_length, eval.max_new_tokens or the CPU profile say
+    # (null: those keys decide)
+    completion_tokens: int | None = None
 
     def __post_init__(self) -> None:
         _one_of(self.format, PROMPT_FORMATS, "prompt.format")
+        needed = {"question", "answer", "confidence"}
+        if self.format == "reasoning":
+            needed.add("reasoning")
         for i, turn in enumerate(self.few_shot):
             _require(
-                {"question", "answer", "confidence"} <= set(turn),
+                needed <= set(turn),
                 f"prompt.few_shot[{i}]",
-                "needs question, answer and confidence",
-                "see conf/prompt/default.yaml",
+                f"needs {', '.join(sorted(needed))}",
+                "see conf/prompt/default.yaml (conf/prompt/reasoning.yaml for format=reasoning)",
             )
+        _require(
+            self.completion_tokens is None or self.completion_tokens > 0,
+            "prompt.completion_tokens",
+            f"{self.completion_tokens} is not a count >= 1",
+            "e.g. prompt.completion_tokens=256, or null",
+        )
 
 
 @dataclass
@@ -353,6 +368,23 @@ class TrainerConfig:
         _require(self.max_steps != 0, "trainer.max_steps", "0 steps", "-1 (all epochs) or > 0")
 
 
+# A set's name becomes a metric prefix (eval/<set>/accuracy) and an artifact folder.
+SET_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+@dataclass
+class EvalSetConfig:
+    # question source (entropic.data.DATASETS): elements, arithmetic, geo, jsonl, triviaqa
+    source: str
+    # questions evaluated (the eval draw of the source, by its split_seed)
+    size: int
+    # also evaluate it in the periodic evaluations (trainer.eval_every_n_steps), on its first
+    # eval.periodic_size questions
+    periodic: bool = False
+    # the source's own options (split_seed, kinds, path), as under data.* for that source
+    options: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass
 class EvalConfig:
     # questions per greedy generation batch
@@ -361,10 +393,61 @@ class EvalConfig:
     max_new_tokens: int = 48
     # held-out questions used by the periodic evaluation during training
     periodic_size: int = 100
+    # other evaluation sets, by name, evaluated before and after training (eval/<name>/<metric>)
+    sets: dict[str, EvalSetConfig] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _require(self.batch_size > 0, "eval.batch_size", "must be > 0", "eval.batch_size=32")
         _require(self.max_new_tokens > 0, "eval.max_new_tokens", "must be > 0", "e.g. 48")
+        self.sets = eval_sets(self.sets)
+
+
+def eval_sets(raw: Any) -> dict[str, EvalSetConfig]:
+    """`eval.sets` checked: set names to sets; a set set to null (`eval.sets.arithmetic=null`) is
+    switched off. Names are keys of one mapping, so two sets cannot share one (YAML refuses a
+    repeated key, and names are lower-case, so no two differ only in case)."""
+    example = "'+eval.sets.mine={source: jsonl, path: /abs/questions.jsonl, size: 200}'"
+    if raw is None:
+        return {}
+    _require(isinstance(raw, dict), "eval.sets", f"{raw!r} is not a mapping", example)
+    sets: dict[str, EvalSetConfig] = {}
+    for name, values in raw.items():
+        if isinstance(values, EvalSetConfig):
+            sets[name] = values
+            continue
+        if values is None:
+            continue
+        key = f"eval.sets.{name}"
+        _require(
+            isinstance(name, str) and SET_NAME.fullmatch(name) is not None,
+            key,
+            "a set's name is a metric prefix: lower-case letters, digits and _, first a letter",
+            "rename the set, e.g. eval.sets.my_questions",
+        )
+        _require(isinstance(values, dict), key, f"{values!r} is not a mapping", example)
+        for required in ("source", "size"):
+            _require(required in values, f"{key}.{required}", "is required", example)
+        size = values["size"]
+        _require(
+            isinstance(size, int) and not isinstance(size, bool) and size > 0,
+            f"{key}.size",
+            f"{size!r} is not a count >= 1",
+            f"{key}.size=300",
+        )
+        _require(
+            isinstance(values.get("periodic", False), bool),
+            f"{key}.periodic",
+            "must be true or false",
+            f"{key}.periodic=true",
+        )
+        known = {"source", "size", "periodic"}
+        sets[name] = EvalSetConfig(
+            source=values["source"],
+            size=size,
+            periodic=values.get("periodic", False),
+            options={k: v for k, v in values.items() if k not in known},
+        )
+    return sets
 
 
 @dataclass
@@ -382,6 +465,8 @@ class CpuScale:
     # rollout temperature cap on CPU (None: the trainer's own); SmolLM2-135M's sampled answers
     # fall apart at 1.0 (experiments/lora_recipe/README.md)
     temperature: float | None = None
+    # most questions of each evaluation set (eval.sets) on CPU (None: each set's own size)
+    set_questions: int | None = None
 
     def __post_init__(self) -> None:
         _require(
@@ -389,6 +474,12 @@ class CpuScale:
             "compute.cpu_scale.temperature",
             "must be > 0",
             "e.g. 0.7, or null for the trainer's own",
+        )
+        _require(
+            self.set_questions is None or self.set_questions > 0,
+            "compute.cpu_scale.set_questions",
+            "must be > 0",
+            "e.g. 100, or null for each set's own size",
         )
 
 

@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 
 from entropic.config import EvalConfig, PromptConfig
+from entropic.data import check_eval_source, load_eval_questions
 from entropic.generation import generate_chats
-from entropic.grading import is_correct
+from entropic.grading import abstains, is_correct, mentions_alternatives
 from entropic.metrics import (
     auroc,
     brier_score,
@@ -26,7 +27,7 @@ from entropic.metrics import (
     discrimination,
     expected_calibration_error,
 )
-from entropic.parsing import parse_completion
+from entropic.parsing import parse_completion, reasoning_text
 from entropic.prompting import build_messages
 
 METRIC_NAMES = (
@@ -42,7 +43,13 @@ METRIC_NAMES = (
 # said to every question (the dead end of group-normalised GRPO): printed and logged beside the
 # METRIC_NAMES, which the study reports read.
 DISCRIMINATION_NAMES = ("confidence_correct", "confidence_wrong", "distinct_confidences")
-SUMMARY_NAMES = METRIC_NAMES + DISCRIMINATION_NAMES
+# How the answers behave (the reference's "The Pattern" table): the share of all questions whose
+# answer abstains ("I don't know", "None") and whose completion puts forward more than one
+# candidate (entropic.grading.abstains, mentions_alternatives).
+SHARE_NAMES = ("abstain_share", "alternatives_share")
+SUMMARY_NAMES = METRIC_NAMES + DISCRIMINATION_NAMES + SHARE_NAMES
+# The behaviour table's columns, before vs after: confidence when right, when wrong, and the shares.
+BEHAVIOUR_NAMES = ("confidence_correct", "confidence_wrong", *SHARE_NAMES)
 
 
 def generate_greedy(
@@ -67,11 +74,13 @@ def generate_greedy(
     return texts
 
 
-def grade(questions: datasets.Dataset, completions: list[str]) -> pd.DataFrame:
-    """One row per question: what was asked and answered, what it parsed to, whether right."""
+def grade(questions: datasets.Dataset, completions: list[str], fmt: str = "lines") -> pd.DataFrame:
+    """One row per question: what was asked and answered, what it parsed to, whether right, and
+    how it behaved (abstained, put forward alternatives). `fmt` is the prompt's format, which
+    says which Answer/Confidence lines count (entropic.parsing)."""
     rows = []
     for row, completion in zip(questions, completions, strict=True):
-        answer, confidence = parse_completion(completion)
+        answer, confidence = parse_completion(completion, fmt)
         rows.append(
             {
                 "question_id": row["question_id"],
@@ -81,19 +90,24 @@ def grade(questions: datasets.Dataset, completions: list[str]) -> pd.DataFrame:
                 "answer": answer,
                 "confidence": confidence,
                 "correct": bool(is_correct(answer, row["answers"])),
+                "abstains": abstains(answer),
+                "alternatives": mentions_alternatives(answer, reasoning_text(completion, fmt)),
             }
         )
     return pd.DataFrame(rows)
 
 
 def summarize(predictions: pd.DataFrame) -> dict[str, float]:
-    """The eval/* metrics of one prediction table."""
+    """The eval/* metrics of one prediction table (a table from before the behaviour columns
+    existed, a resumed run's, has NaN shares)."""
     parsed = predictions.dropna(subset=["confidence"])
     metrics = {
         "accuracy": float(predictions["correct"].mean()),
         "format_rate": float(
             (predictions["answer"].notna() & predictions["confidence"].notna()).mean()
         ),
+        "abstain_share": share(predictions, "abstains"),
+        "alternatives_share": share(predictions, "alternatives"),
     }
     if parsed.empty:
         nan = math.nan
@@ -113,6 +127,13 @@ def summarize(predictions: pd.DataFrame) -> dict[str, float]:
     return metrics
 
 
+def share(predictions: pd.DataFrame, column: str) -> float:
+    """The share of rows where a boolean column holds (NaN without the column or rows)."""
+    if column not in predictions or predictions.empty:
+        return math.nan
+    return float(predictions[column].astype(bool).mean())
+
+
 def evaluate(
     model,
     tokenizer,
@@ -127,5 +148,87 @@ def evaluate(
     completions = generate_greedy(
         model, tokenizer, prompts, cfg.batch_size, cfg.max_new_tokens, engine
     )
-    predictions = grade(questions, completions)
+    predictions = grade(questions, completions, prompt.format)
     return predictions, summarize(predictions)
+
+
+# --- evaluation sets (eval.sets): other question sources, evaluated beside the held-out split ---
+
+# The training source's held-out split among the sets a run evaluates. Its metrics stay at
+# eval/<metric> and its tables at predictions/<when>.json, where reports and the UI read them.
+HELD_OUT = "held_out"
+# The behaviour table's title beside the sets' summary tables (summary.md, the printed summary).
+BEHAVIOUR = "behaviour"
+
+
+def metric_prefix(name: str) -> str:
+    """Where a set's metrics are logged: eval/ for the held-out split, eval/<set>/ otherwise."""
+    return "eval/" if name == HELD_OUT else f"eval/{name}/"
+
+
+def predictions_path(name: str, when: str) -> str:
+    """The artifact a set's prediction table is logged as, `when` being before or after."""
+    return f"predictions/{when}.json" if name == HELD_OUT else f"predictions/{name}/{when}.json"
+
+
+def behaviour_table(
+    before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]
+) -> pd.DataFrame:
+    """The reference's "The Pattern" table for this run: per evaluation set, before vs after,
+    mean confidence on right and on wrong answers, the share of answers that abstain and the
+    share that put forward more than one candidate."""
+    rows = {
+        (name, when): [metrics.get(column, math.nan) for column in BEHAVIOUR_NAMES]
+        for name in before
+        for when, metrics in (("before", before[name]), ("after", after.get(name)))
+        if metrics is not None
+    }
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=list(BEHAVIOUR_NAMES))
+    table.index = pd.MultiIndex.from_tuples(table.index, names=["set", "when"])
+    return table
+
+
+def figure_path(figure: str, name: str) -> str:
+    """A figure's artifact: <figure>.png for the held-out split, <figure>/<set>.png otherwise."""
+    return f"{figure}.png" if name == HELD_OUT else f"{figure}/{name}.png"
+
+
+def set_key(name: str) -> str:
+    """Where set `name` sits in the config, for error messages."""
+    return f"eval.sets.{name}"
+
+
+def check_sets(cfg: EvalConfig) -> None:
+    """Cheap checks of every `eval.sets` entry, before any model loads: its name is not one of
+    the held-out split's metrics, its source exists and takes its options (a jsonl file is read
+    whole, as `data=jsonl` is). Raises ValueError naming the set's key."""
+    for name, entry in cfg.sets.items():
+        key = set_key(name)
+        if name in SUMMARY_NAMES or name in (HELD_OUT, BEHAVIOUR):
+            raise ValueError(
+                f"{key}: {name!r} names the held-out split, the behaviour table or one of the "
+                f"held-out split's metrics (eval/{name}). Fix: give the set another name"
+            )
+        check_eval_source(entry.source, key=key, **entry.options)
+
+
+def load_sets(cfg: EvalConfig, trained_ids: set[str]) -> dict[str, datasets.Dataset]:
+    """Each set's questions: `size` of its source's eval draw (by the set's split_seed), loaded
+    without a training pool. A set that shares questions with what the run trains on is
+    rejected: it would not measure transfer."""
+    sets = {}
+    for name, entry in cfg.sets.items():
+        key = set_key(name)
+        questions = load_eval_questions(
+            entry.source, eval_size=entry.size, key=key, **entry.options
+        )
+        shared = trained_ids & set(questions["question_id"])
+        if shared:
+            raise ValueError(
+                f"{key}: {len(shared)} of its {len(questions)} questions are in the training "
+                f"questions of this run (e.g. {sorted(shared)[0]!r}), so it would not measure "
+                f"transfer. Fix: evaluate a source or kinds the run does not train on, or use "
+                "the held-out split (eval/*) for in-domain numbers"
+            )
+        sets[name] = questions
+    return sets

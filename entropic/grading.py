@@ -151,3 +151,60 @@ def _is_single_candidate_match(tokens: list[str], start: int, end: int) -> bool:
         return False
     segment_end = after.index(separators_after[0]) if separators_after else len(after)
     return all(token in FILLER_WORDS for token in before + after[:segment_end])
+
+
+# --- behaviour: abstaining and naming alternatives (the reference's "The Pattern" table) -------
+
+# Answers that decline to name anything, after `normalize_answer` ("I don't know." -> "i dont
+# know"). An answer that is one of these, or starts with one, abstains. "N/A" is not among them:
+# it normalises to "na", the symbol of sodium.
+# fmt: off
+ABSTENTIONS = (
+    "i dont know", "i do not know", "dont know", "do not know", "i am not sure", "im not sure",
+    "not sure", "unsure", "unknown", "uncertain", "none", "no answer", "no idea", "nobody",
+    "no one", "nothing", "not applicable", "not known", "i cannot", "i cant",
+    "cannot be determined", "cannot determine", "it is unclear", "unclear", "there is no",
+    "there are no", "no such", "insufficient information", "not enough information",
+)
+# Words in the reasoning before an answer that bring in another candidate: the reference's
+# trained model writes "Saint Vitus is also sometimes associated with dancers" before answering
+# Saint Genevieve.
+ALTERNATIVE_CUES = (
+    "alternatively", "or possibly", "or perhaps", "or maybe", "could also be", "might also be",
+    "may also be", "is also sometimes", "also sometimes", "another possibility",
+    "other possibilities", "another candidate", "other candidates", "or it could be",
+    "either",
+)
+# fmt: on
+
+
+def abstains(answer: str | None) -> bool:
+    """Whether a parsed answer declines to answer ("I don't know", "None", "Unknown", "There is
+    no such operetta"). Graded wrong like any other miss; the behaviour table counts it apart,
+    since the reference's trained model learns to do it. No answer at all (a format failure) is
+    not an abstention."""
+    if answer is None:
+        return False
+    normalized = normalize_answer(answer)
+    return any(
+        normalized == phrase or normalized.startswith(phrase + " ") for phrase in ABSTENTIONS
+    )
+
+
+def mentions_alternatives(answer: str | None, reasoning: str = "") -> bool:
+    """Whether a completion puts more than one candidate forward: the answer offers a choice
+    ("Paris or Lyon", "Paris/Lyon", "Paris? No, Lyon": the separators `is_correct` refuses as
+    hedges, with a candidate on each side), or the reasoning before it names another candidate
+    ("... could also be Lyon", "Alternatively, ..."). A qualifier ("Paris, France") is one
+    candidate; so is a name with "and" in it ("Trinidad and Tobago")."""
+    if answer is not None:
+        candidates = [[]]
+        for token in _tokens(answer):
+            if token in _HEDGE_MARKERS:
+                candidates.append([])
+            else:
+                candidates[-1].append(token)
+        if sum(1 for words in candidates if any(t not in _MARKERS for t in words)) > 1:
+            return True
+    text = f" {normalize_answer(reasoning)} "
+    return any(f" {normalize_answer(cue)} " in text for cue in ALTERNATIVE_CUES)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -31,12 +31,36 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 
 from entropic import models, rollout, tracking
 from entropic.calibration import CalibrationConfig, add_calibrated_target
-from entropic.compute import Changed, apply_cpu_scale, resolve_device, train_questions
+from entropic.compute import (
+    Changed,
+    apply_cpu_scale,
+    changed_values,
+    resolve_device,
+    train_questions,
+)
 from entropic.config import ConfigError, RunConfig
-from entropic.data import QuestionSplits, check_source, load_questions
-from entropic.evaluate import SUMMARY_NAMES, evaluate, summarize
+from entropic.data import (
+    QuestionSplits,
+    check_source,
+    load_eval_questions,
+    load_questions,
+    rows_to_dataset,
+)
+from entropic.evaluate import (
+    BEHAVIOUR,
+    HELD_OUT,
+    SUMMARY_NAMES,
+    behaviour_table,
+    check_sets,
+    evaluate,
+    figure_path,
+    load_sets,
+    metric_prefix,
+    predictions_path,
+    summarize,
+)
 from entropic.plots import reliability_diagram
-from entropic.prompting import add_prompts
+from entropic.prompting import add_prompts, fit_completion_length
 from entropic.rewards import TRLReward, check_labeled_fraction, get_rule, mark_labeled
 from entropic.semantic import build_clusterer
 from entropic.study import stability_study
@@ -51,10 +75,13 @@ RUN_ID_FILE = "mlflow_run_id.txt"
 @dataclass
 class RunResult:
     run_id: str
+    # eval/* of the held-out split before and after training ({} when it did not train)
     before: dict[str, float]
     after: dict[str, float]
     output_dir: str
     seconds: float
+    # each other evaluation set (eval.sets): its name -> {"before": metrics, "after": metrics}
+    sets: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -68,17 +95,30 @@ class Prepared:
     splits: QuestionSplits
     train: datasets.Dataset
     clusterer: Callable | None
+    # the other evaluation sets (eval.sets), by name
+    sets: dict[str, datasets.Dataset] = field(default_factory=dict)
+    # completion lengths raised to what the prompt needs (prompt.completion_tokens): key -> change
+    fitted: dict[str, str] = field(default_factory=dict)
+
+    def eval_sets(self) -> dict[str, datasets.Dataset]:
+        """Every set the run evaluates, the held-out split first."""
+        return {HELD_OUT: self.splits.eval, **self.sets}
 
 
 def prepare(cfg: DictConfig) -> Prepared:
     """Validate the config and load the questions; fails fast, before any model or MLflow run."""
     try:
-        config = RunConfig.from_hydra(cfg)
+        requested = config = RunConfig.from_hydra(cfg)
         rule = get_rule(config.reward.name)
         models.check_source(config.model)
         check_source(config.data.name, **config.data.options)
+        check_sets(config.eval)
         device = resolve_device(config.compute)
-        config, changed = apply_cpu_scale(config, device)
+        config, changed = apply_cpu_scale(requested, device)
+        config, fitted = fit_completion_length(config)
+        if fitted:
+            # what the prompt needed replaces the capped value: the params are the values used
+            changed = {**changed, **changed_values(requested, config, tuple(fitted))}
         rollout.check(config, device)
         check_labeled_fraction(config.reward)
         if rule.needs_target:
@@ -93,22 +133,35 @@ def prepare(cfg: DictConfig) -> Prepared:
             if rule.needs_stability
             else None
         )
-        splits = load_questions(
-            config.data.name,
-            train_size=config.data.train_size,
-            eval_size=config.data.eval_size,
-            seed=config.seed,
-            **config.data.options,
+        if config.train or rule.needs_target:
+            # (the entropy -> Platt targets are made on the training pool even with train: false)
+            splits = load_questions(
+                config.data.name,
+                train_size=config.data.train_size,
+                eval_size=config.data.eval_size,
+                seed=config.seed,
+                **config.data.options,
+            )
+        else:
+            # an evaluation-only job needs no training pool: a small file of one's own will do
+            splits = QuestionSplits(
+                train=rows_to_dataset([]),
+                eval=load_eval_questions(
+                    config.data.name, eval_size=config.data.eval_size, **config.data.options
+                ),
+            )
+        n_train = train_questions(config, device)
+        train = splits.train.shuffle(seed=config.seed).select(
+            range(min(n_train, len(splits.train)))
         )
+        train = mark_labeled(train, config.reward.labeled_fraction, config.seed)
+        sets = load_sets(config.eval, set(train["question_id"]))
     except (ValueError, FileNotFoundError, ConnectionError) as err:
         # One exception type for every rejected input, so the CLI prints it without a traceback.
         # A RuntimeError is a bug (a loader that leaks eval questions into training, say): it
         # keeps its traceback and the run is not reported as bad input.
         raise err if isinstance(err, ConfigError) else ConfigError(str(err)) from err
-    n_train = train_questions(config, device)
-    train = splits.train.shuffle(seed=config.seed).select(range(min(n_train, len(splits.train))))
-    train = mark_labeled(train, config.reward.labeled_fraction, config.seed)
-    return Prepared(config, device, changed, splits, train, clusterer)
+    return Prepared(config, device, changed, splits, train, clusterer, sets, fitted)
 
 
 def run(cfg: DictConfig) -> RunResult:
@@ -179,41 +232,53 @@ def train_job(cfg: DictConfig) -> RunResult:
                     "model.resolved_dtype": models.dtype_name(config.model, device),
                     "data.train_questions_used": str(len(prepared.train)),
                     "data.eval_questions_used": str(len(prepared.splits.eval)),
+                    **{
+                        f"eval.sets.{name}.questions_used": str(len(questions))
+                        for name, questions in prepared.sets.items()
+                    },
                 },
             )
         checkpoint = models.resolve_checkpoint(config.model)
         tokenizer = models.load_tokenizer(checkpoint)
         dtype = models.torch_dtype(config.model, device)
-        before_table, before = evaluate_base(
+        before = evaluate_base(
             prepared, checkpoint, tokenizer, dtype, client, run_id, resumed=bool(earlier)
         )
         if get_rule(config.reward.name).needs_target:
             prepared.train = add_calibrated_target(
-                cfg, prepared, checkpoint, tokenizer, dtype, before_table, client, run_id
+                cfg, prepared, checkpoint, tokenizer, dtype, before[HELD_OUT][0], client, run_id
             )
-        tables = {"before training": before_table}
-        after: dict[str, float] = {}
+        after: dict[str, tuple[pd.DataFrame, dict[str, float]]] = {}
         if config.train:
             trainer = train(
                 prepared, checkpoint, tokenizer, dtype, client, run_id, resume_from, output_dir
             )
-            started = time.perf_counter()
-            after_table, after = evaluate_held_out(trainer.model, tokenizer, config, prepared)
-            seconds = time.perf_counter() - started
-            tracking.log_evaluation(client, run_id, after, seconds, trainer.state.global_step)
-            client.log_table(run_id, after_table, "predictions/after.json")
-            tables["after training"] = after_table
-        client.log_figure(run_id, reliability_diagram(tables), "reliability_diagram.png")
-        summary = summary_table(before, after)
+            after, seconds = evaluate_sets(trainer.model, tokenizer, config, prepared.eval_sets())
+            log_evaluations(client, run_id, after, seconds, trainer.state.global_step)
+        summaries = log_summaries(client, run_id, before, after)
         if after:
+            # the table view's single values beside before/* (evaluate_base logged those)
             for stage in ("after", "change"):
-                tracking.log_stage(client, run_id, stage, summary[stage])
-        client.log_text(run_id, summary.to_markdown(), "summary.md")
+                tracking.log_stage(client, run_id, stage, summaries[HELD_OUT][stage])
         tracking.log_tags(
-            client, run_id, {MLFLOW_RUN_NOTE: description(config, summary, prepared.changed)}
+            client,
+            run_id,
+            {MLFLOW_RUN_NOTE: description(config, summaries[HELD_OUT], prepared.changed)},
         )
-        print_summary(config, summary, run_id, client.tracking_uri)
-    return RunResult(run_id, before, after, str(output_dir), time.perf_counter() - started)
+        print_summary(config, summaries, run_id, client.tracking_uri)
+    metrics = {
+        name: {"before": before[name][1], "after": after[name][1] if name in after else {}}
+        for name in before
+    }
+    held_out = metrics.pop(HELD_OUT)
+    return RunResult(
+        run_id,
+        held_out["before"],
+        held_out["after"],
+        str(output_dir),
+        time.perf_counter() - started,
+        metrics,
+    )
 
 
 def earlier_run(tracking_uri: str | None, output_dir: Path) -> Run | None:
@@ -251,55 +316,90 @@ def reopening_note(earlier: Run, output_dir: Path, resume_from: str | None, trai
 
 def logged_result(client: MlflowClient, run: Run, output_dir: Path, seconds: float) -> RunResult:
     """A finished run's result as its job returned it, from MLflow: the eval/* metrics at step 0
-    (before training) and, when it trained, at its last step (after)."""
-    names = [name for name in run.data.metrics if name.startswith("eval/")]
-    before = {
-        name.removeprefix("eval/"): metric.value
-        for name in names
-        for metric in client.get_metric_history(run.info.run_id, name)
-        if metric.step == 0
-    }
+    (before training) and, when it trained, at its last step (after), per evaluation set."""
     trained = run.data.tags.get("trained") == "True"
-    after = (
-        {name.removeprefix("eval/"): run.data.metrics[name] for name in names} if trained else {}
+    metrics: dict[str, dict[str, dict[str, float]]] = {}
+    for name in run.data.metrics:
+        if not name.startswith("eval/"):
+            continue
+        *set_name, metric = name.removeprefix("eval/").split("/")
+        stages = metrics.setdefault(
+            set_name[0] if set_name else HELD_OUT, {"before": {}, "after": {}}
+        )
+        for logged in client.get_metric_history(run.info.run_id, name):
+            if logged.step == 0:
+                stages["before"][metric] = logged.value
+        if trained:
+            stages["after"][metric] = run.data.metrics[name]
+    held_out = metrics.pop(HELD_OUT, {"before": {}, "after": {}})
+    return RunResult(
+        run.info.run_id, held_out["before"], held_out["after"], str(output_dir), seconds, metrics
     )
-    return RunResult(run.info.run_id, before, after, str(output_dir), seconds)
 
 
-def evaluate_held_out(model, tokenizer, config: RunConfig, prepared: Prepared):
-    """Greedy evaluation on every held-out question, as the run's config says to generate."""
-    return evaluate(
-        model, tokenizer, prepared.splits.eval, config.prompt, config.eval, config.generation.name
-    )
+def evaluate_sets(model, tokenizer, config: RunConfig, sets: dict[str, datasets.Dataset]):
+    """Greedy evaluation of each set, as the run's config says to generate: set name ->
+    (prediction table, metrics), and the seconds all of them took."""
+    started = time.perf_counter()
+    results = {
+        name: evaluate(
+            model, tokenizer, questions, config.prompt, config.eval, config.generation.name
+        )
+        for name, questions in sets.items()
+    }
+    return results, time.perf_counter() - started
 
 
 def evaluate_base(prepared, checkpoint, tokenizer, dtype, client, run_id, resumed: bool):
-    """Greedy evaluation of the untrained model, logged at step 0 (reused when resuming)."""
+    """Greedy evaluation of the untrained model on every evaluation set, logged at step 0
+    (reused when resuming). Returns set name -> (prediction table, metrics)."""
     config = prepared.config
-    saved = Path(config.output_dir) / "predictions_before.parquet"
-    if resumed and saved.exists():
-        table = pd.read_parquet(saved)
-        return table, summarize(table)
-    model = models.load_model(checkpoint, dtype, prepared.device)
-    log.info("Evaluating the base model on %d questions", len(prepared.splits.eval))
-    started = time.perf_counter()
-    table, metrics = evaluate_held_out(model, tokenizer, config, prepared)
-    seconds = time.perf_counter() - started
-    table.to_parquet(saved)
-    tracking.log_evaluation(client, run_id, metrics, seconds, step=0)
-    # the table view's single value; eval/* keeps the history (step 0, periodic, last)
-    summary = {name: metrics[name] for name in SUMMARY_NAMES}
-    tracking.log_stage(client, run_id, "before", summary)
-    client.log_table(run_id, table, "predictions/before.json")
-    return table, metrics
+    results, pending = {}, {}
+    for name, questions in prepared.eval_sets().items():
+        saved = before_table_path(config, name)
+        if resumed and saved.exists():
+            table = pd.read_parquet(saved)
+            results[name] = table, summarize(table)
+        else:
+            pending[name] = questions
+    if pending:
+        model = models.load_model(checkpoint, dtype, prepared.device)
+        log.info("Evaluating the base model on %s", {n: len(q) for n, q in pending.items()})
+        fresh, seconds = evaluate_sets(model, tokenizer, config, pending)
+        for name, (table, _) in fresh.items():
+            table.to_parquet(before_table_path(config, name))
+        log_evaluations(client, run_id, fresh, seconds, step=0)
+        if HELD_OUT in fresh:
+            # the table view's single value; eval/* keeps the history (step 0, periodic, last)
+            metrics = fresh[HELD_OUT][1]
+            tracking.log_stage(client, run_id, "before", {n: metrics[n] for n in SUMMARY_NAMES})
+        results.update(fresh)
+    return {name: results[name] for name in prepared.eval_sets()}
+
+
+def before_table_path(config: RunConfig, name: str) -> Path:
+    """Where a set's step-0 prediction table is kept in the job folder, for a resumed run."""
+    suffix = "" if name == HELD_OUT else f"_{name}"
+    return Path(config.output_dir) / f"predictions_before{suffix}.parquet"
+
+
+def log_evaluations(client, run_id, results, seconds: float, step: int) -> None:
+    """Evaluations of every set at `step`: metrics at eval/* or eval/<set>/*, their wall time
+    as time/eval_seconds, each prediction table as before.json (step 0) or after.json."""
+    metrics = {metric_prefix(name): values for name, (_, values) in results.items()}
+    tracking.log_evaluation(client, run_id, metrics, seconds, step)
+    for name, (table, _) in results.items():
+        client.log_table(run_id, table, predictions_path(name, "before" if step == 0 else "after"))
 
 
 def train(prepared, checkpoint, tokenizer, dtype, client, run_id, resume_from, output_dir):
     """GRPO on the training subset; logs the wall time of training (time/*) next to TRL's own
     metrics (TRL's mean loss is train/mean_loss, entropic.training.TRAINER_NAMES)."""
     config = prepared.config
-    reward = TRLReward(config.reward, config.trainer.num_generations, prepared.clusterer)
-    eval_questions = prepared.splits.eval
+    reward = TRLReward(
+        config.reward, config.trainer.num_generations, prepared.clusterer, config.prompt.format
+    )
+    periodic = config.eval.periodic_size
     trainer = build_trainer(
         config,
         checkpoint,
@@ -311,9 +411,11 @@ def train(prepared, checkpoint, tokenizer, dtype, client, run_id, resume_from, o
         dtype,
         client,
         run_id,
-        periodic_questions=eval_questions.select(
-            range(min(config.eval.periodic_size, len(eval_questions)))
-        ),
+        periodic_questions={
+            name: questions.select(range(min(periodic, len(questions))))
+            for name, questions in prepared.eval_sets().items()
+            if name == HELD_OUT or config.eval.sets[name].periodic
+        },
     )
     on_gpu = prepared.device == "cuda"
     if on_gpu:
@@ -355,14 +457,14 @@ def train_on_other_rank(prepared: Prepared, output_dir: Path, resume_from: str |
     dtype = models.torch_dtype(config.model, prepared.device)
     trainer = train(prepared, checkpoint, tokenizer, dtype, None, None, resume_from, output_dir)
     if is_deepspeed_zero3_enabled():
-        evaluate_held_out(trainer.model, tokenizer, config, prepared)
+        evaluate_sets(trainer.model, tokenizer, config, prepared.eval_sets())
 
 
 def summary_table(before: dict[str, float], after: dict[str, float]) -> pd.DataFrame:
     """Before/after/change per eval metric; one column when the job did not train."""
     if not after:
-        return pd.DataFrame({"untrained": before}).loc[list(SUMMARY_NAMES)]
-    table = pd.DataFrame({"before": before, "after": after}).loc[list(SUMMARY_NAMES)]
+        return pd.DataFrame({"untrained": before}).reindex(list(SUMMARY_NAMES))
+    table = pd.DataFrame({"before": before, "after": after}).reindex(list(SUMMARY_NAMES))
     table["change"] = table["after"] - table["before"]
     return table
 
@@ -387,10 +489,40 @@ def description(config: RunConfig, table: pd.DataFrame, changed: Changed) -> str
     return "\n".join(lines)
 
 
-def print_summary(config: RunConfig, table: pd.DataFrame, run_id: str, uri: str) -> None:
+def log_summaries(client, run_id, before, after) -> dict[str, pd.DataFrame]:
+    """The summary table of every set and the behaviour table, as summary.md and the reliability
+    diagrams (reliability_diagram.png for the held-out split, reliability_diagram/<set>.png for
+    each other set). Returns the tables by title, as printed."""
+    tables = {}
+    for name in before:
+        tables[name] = summary_table(before[name][1], after[name][1] if name in after else {})
+        panels = {"before training": before[name][0]}
+        if name in after:
+            panels["after training"] = after[name][0]
+        figure = reliability_diagram(panels)
+        client.log_figure(run_id, figure, figure_path("reliability_diagram", name))
+    tables[BEHAVIOUR] = behaviour_table(
+        {name: metrics for name, (_, metrics) in before.items()},
+        {name: metrics for name, (_, metrics) in after.items()},
+    )
+    client.log_text(
+        run_id,
+        "\n\n".join(f"## {title}\n\n{table.to_markdown()}" for title, table in tables.items()),
+        "summary.md",
+    )
+    return tables
+
+
+def print_summary(
+    config: RunConfig, tables: dict[str, pd.DataFrame], run_id: str, uri: str
+) -> None:
+    """One table per evaluation set, then the behaviour table, then where the run is."""
     print()
     print(f"== {headline(config)} ==")
-    print(table.to_string(float_format=lambda v: f"{v:+.3f}" if v < 0 else f"{v:.3f}"))
+    for title, table in tables.items():
+        shown = f"{config.data.name} held-out split (eval/*)" if title == HELD_OUT else title
+        print(f"\n-- {shown} --")
+        print(table.to_string(float_format=lambda v: f"{v:+.3f}" if v < 0 else f"{v:.3f}"))
     print(closing_line(run_id, uri))
 
 

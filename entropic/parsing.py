@@ -16,7 +16,12 @@ How a confidence value is read:
 Above 100 %, negative, NaN/inf, ranges (``80-90``), fractions (``8/10``) and words give ``None``.
 
 Only the first ``Answer`` and the first ``Confidence`` count: the model must commit, and reading a
-later line would let it list several answers and be graded on whichever we happened to pick.
+later line would let it list several answers and be graded on whichever we happened to pick (a
+small model that goes on to invent the next question and answer it is graded on its own answer).
+
+The `reasoning` prompt format (`prompt=reasoning`) is the exception: the model thinks first, and
+its reasoning may say "Answer: ..." on the way to the final lines, so the *last* ``Answer`` and the
+last ``Confidence`` count there. `reasoning_text` gives what came before the answer that was read.
 """
 
 import math
@@ -40,31 +45,47 @@ _ANSWER_WRAPPING = " \t*_\"'`“”‘’"
 _ANSWER_TRAILING = _ANSWER_WRAPPING + ".,;:(|-"
 
 
-def parse_completion(text: str) -> tuple[str | None, float | None]:
+# Prompt formats (PromptConfig.format) whose final Answer/Confidence lines count, not the first.
+LAST_COUNTS = frozenset({"reasoning"})
+
+
+def parse_completion(text: str, fmt: str = "lines") -> tuple[str | None, float | None]:
     """Return ``(answer, confidence)`` from a completion; either is ``None`` when absent or invalid.
 
     The answer is the rest of the first ``Answer:`` line (cut at a ``Confidence`` key on the same
     line) or the content of the first ``<answer>`` tag, whichever comes first, with whitespace,
     quotes, markdown emphasis and a trailing period stripped. An empty answer is ``None``.
-    The confidence is in [0, 1]; see the module docstring for how its value is read.
+    The confidence is in [0, 1]; see the module docstring for how its value is read. With
+    ``fmt="reasoning"`` the last key or tag counts instead of the first.
     """
-    return _parse_answer(text), _parse_confidence(text)
+    last = fmt in LAST_COUNTS
+    return _parse_answer(text, last), _parse_confidence(text, last)
 
 
-def confidence_key_start(text: str) -> int | None:
+def confidence_key_start(text: str, fmt: str = "lines") -> int | None:
     """Character offset where the confidence that `parse_completion` reads begins (its key or
     tag), or None: training uses it to tell the answer tokens from the confidence tokens."""
-    match = _first_match(text, _CONFIDENCE_KEY, _CONFIDENCE_TAG)
+    match = _key_match(text, fmt in LAST_COUNTS, _CONFIDENCE_KEY, _CONFIDENCE_TAG)
     return None if match is None else match.start()
 
 
-def _first_match(text: str, *patterns: re.Pattern[str]) -> re.Match[str] | None:
-    matches = [match for pattern in patterns if (match := pattern.search(text))]
+def reasoning_text(text: str, fmt: str = "lines") -> str:
+    """What the completion says before the answer `parse_completion` reads (the whole text when
+    there is none): the reasoning of `prompt=reasoning`, usually nothing in the short format."""
+    match = _key_match(text, fmt in LAST_COUNTS, _ANSWER_KEY, _ANSWER_TAG)
+    return (text if match is None else text[: match.start()]).strip()
+
+
+def _key_match(text: str, last: bool, *patterns: re.Pattern[str]) -> re.Match[str] | None:
+    """The first (or last) match of any of `patterns` in `text`."""
+    matches = [match for pattern in patterns for match in pattern.finditer(text)]
+    if last:
+        return max(matches, key=lambda match: match.start(), default=None)
     return min(matches, key=lambda match: match.start(), default=None)
 
 
-def _parse_answer(text: str) -> str | None:
-    match = _first_match(text, _ANSWER_KEY, _ANSWER_TAG)
+def _parse_answer(text: str, last: bool) -> str | None:
+    match = _key_match(text, last, _ANSWER_KEY, _ANSWER_TAG)
     if match is None:
         return None
     answer = _CONFIDENCE_KEY.split(match["answer"], maxsplit=1)[0]
@@ -77,8 +98,8 @@ def _parse_answer(text: str) -> str | None:
     return answer or None
 
 
-def _parse_confidence(text: str) -> float | None:
-    match = _first_match(text, _CONFIDENCE_KEY, _CONFIDENCE_TAG)
+def _parse_confidence(text: str, last: bool) -> float | None:
+    match = _key_match(text, last, _CONFIDENCE_KEY, _CONFIDENCE_TAG)
     if match is None:
         return None
     value_text = match["value"] if match.re is _CONFIDENCE_TAG else text[match.end() :]

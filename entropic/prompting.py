@@ -3,22 +3,29 @@
 Measured on SmolLM2-135M: a system message plus two few-shot turns in the `Answer:` /
 `Confidence:` line format gets the format in about 78% of samples, the tag format in 0%. Both are
 kept, since larger models handle tags, and `entropic.parsing` reads both.
+
+`prompt=reasoning` is for models that reason (Qwen3-4B-Instruct on a GPU): a few sentences of
+thought before the two lines, as in the reference's traces, with room for them
+(`prompt.completion_tokens`, applied by `fit_completion_length`). The CPU default keeps the short
+prompt: SmolLM2-135M's reasoning would cost tokens it cannot use.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import datasets
 
-from entropic.config import PromptConfig
+from entropic.config import PromptConfig, RunConfig
 
 
-def format_reply(answer: str, confidence: int, fmt: str) -> str:
+def format_reply(answer: str, confidence: int, fmt: str, reasoning: str = "") -> str:
     """The assistant turn the few-shot examples teach."""
     if fmt == "tags":
         return f"<answer>{answer}</answer><confidence>{confidence}</confidence>"
-    return f"Answer: {answer}\nConfidence: {confidence}"
+    lines = f"Answer: {answer}\nConfidence: {confidence}"
+    return f"{reasoning.strip()}\n{lines}" if fmt == "reasoning" else lines
 
 
 def build_messages(question: str, cfg: PromptConfig) -> list[dict[str, str]]:
@@ -28,7 +35,9 @@ def build_messages(question: str, cfg: PromptConfig) -> list[dict[str, str]]:
         messages.append(
             {
                 "role": "assistant",
-                "content": format_reply(turn["answer"], int(turn["confidence"]), cfg.format),
+                "content": format_reply(
+                    turn["answer"], int(turn["confidence"]), cfg.format, turn.get("reasoning", "")
+                ),
             }
         )
     messages.append({"role": "user", "content": question})
@@ -42,3 +51,21 @@ def add_prompts(dataset: datasets.Dataset, cfg: PromptConfig) -> datasets.Datase
         return {"prompt": build_messages(row["question"], cfg)}
 
     return dataset.map(_one, desc="prompts")
+
+
+def fit_completion_length(cfg: RunConfig) -> tuple[RunConfig, dict[str, str]]:
+    """Give rollouts and evaluation the completion length the prompt needs
+    (`prompt.completion_tokens`): a reasoning reply cut at the CPU profile's 32 tokens never
+    reaches its Answer line. Returns the new config and what changed (logged to MLflow)."""
+    needed = cfg.prompt.completion_tokens
+    if needed is None:
+        return cfg, {}
+    changes = {}
+    trainer, evaluation = cfg.trainer, cfg.eval
+    if trainer.max_completion_length < needed:
+        changes["trainer.max_completion_length"] = f"{trainer.max_completion_length} -> {needed}"
+        trainer = dataclasses.replace(trainer, max_completion_length=needed)
+    if evaluation.max_new_tokens < needed:
+        changes["eval.max_new_tokens"] = f"{evaluation.max_new_tokens} -> {needed}"
+        evaluation = dataclasses.replace(evaluation, max_new_tokens=needed)
+    return dataclasses.replace(cfg, trainer=trainer, eval=evaluation), changes

@@ -42,8 +42,9 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from entropic import tracking  # noqa: E402
-from entropic.evaluate import METRIC_NAMES  # noqa: E402
+from entropic.evaluate import BEHAVIOUR_NAMES, HELD_OUT, METRIC_NAMES  # noqa: E402
 from entropic.metrics import mean_ci  # noqa: E402
+from entropic.parsing import LAST_COUNTS, reasoning_text  # noqa: E402
 from entropic.sweeps import SWEEP_TAG, children  # noqa: E402
 
 EXPERIMENTS_DIR = tracking.PROJECT_ROOT / "experiments"
@@ -59,13 +60,35 @@ SIGNED = {"calibration_gap", "reduction"}
 CURVE_METRICS = ("accuracy", "calibration_gap")
 # The values each metric can take. An interval across seeds is cut to them: a Student-t interval
 # from two or three seeds easily runs past 0% or 100%, which no run can reach.
-BOUNDS = {**{metric: (0.0, 1.0) for metric in METRIC_NAMES}, "calibration_gap": (-1.0, 1.0)}
+BOUNDS = {
+    **{metric: (0.0, 1.0) for metric in (*METRIC_NAMES, *BEHAVIOUR_NAMES)},
+    "calibration_gap": (-1.0, 1.0),
+}
+# What the transfer tables show of each evaluation set, in-domain and out (RLCR reports these).
+TRANSFER_METRICS = {
+    "accuracy": "Accuracy",
+    "calibration_gap": "Calibration gap",
+    "ece": "ECE",
+    "auroc": "AUROC",
+}
+# The behaviour table (the reference's "The Pattern"): how the answers read, not only how they
+# score.
+BEHAVIOUR_COLUMNS = {
+    "confidence_correct": "Confidence when right",
+    "confidence_wrong": "Confidence when wrong",
+    "abstain_share": "Abstains",
+    "alternatives_share": "Mentions alternatives",
+}
+# Shown as fractions, as RLCR reports them (ECE 0.058, AUROC 0.73), not as percentages.
+FRACTIONS = {"ece", "auroc"}
 # A difference of two rates (the paired B - A, C - B accuracies).
 DIFFERENCE_BOUNDS = (-1.0, 1.0)
 # A value with no natural range (a relative reduction).
 UNBOUNDED = (-math.inf, math.inf)
 # Questions shown per condition in the traces.
 TRACES_PER_CONDITION = 5
+# Characters of reasoning shown per answer in the traces (prompt=reasoning).
+REASONING_CHARS = 400
 # The prediction tables every training run logs (entropic.job).
 PREDICTIONS = {"before": "predictions/before.json", "after": "predictions/after.json"}
 
@@ -89,6 +112,8 @@ class SweepRuns:
     skipped: list[str] = field(default_factory=list)
     # finished runs that a newer run of the same condition and seed replaced, as "name (run id)"
     superseded: list[str] = field(default_factory=list)
+    # the evaluation sets besides the held-out split (eval.sets) that any run logged
+    sets: list[str] = field(default_factory=list)
 
     @property
     def parent_run_id(self) -> str:
@@ -106,6 +131,8 @@ class Report:
     sections: list[str]
     # file stem -> figure
     figures: dict[str, plt.Figure]
+    # further tables as numbers: "transfer/<set>" and "behaviour/<set>", rows as in the sections
+    more: dict[str, pd.DataFrame] = field(default_factory=dict)
 
 
 # --- reading a sweep from MLflow -------------------------------------------------------------
@@ -174,6 +201,8 @@ def load_sweep(client: MlflowClient, parent_run_ids: list[str]) -> SweepRuns:
             "periodic_size": int(params["eval.periodic_size"]),
             "trained": params["train"] == "True",
             "prompt": params["prompt.name"],
+            # which Answer/Confidence lines count, and whether completions hold reasoning
+            "prompt_format": params.get("prompt.format", "lines"),
         }
         # every config value separates conditions (reward=brier and reward=rlcr at one seed are
         # two conditions), except what differs between two runs of one point
@@ -182,33 +211,53 @@ def load_sweep(client: MlflowClient, parent_run_ids: list[str]) -> SweepRuns:
             superseded.append(f"{child.info.run_name} ({run_id})")
             continue
         seen.add(key)
-        history = metric_history(client, run_id)
-        histories[run_id] = history
-        rows.append(
-            {
-                "run_id": run_id,
-                "run_name": child.info.run_name,
-                **point,
-                **{f"before/{m}": history[m].iloc[0] for m in METRIC_NAMES},
-                **{f"after/{m}": history[m].iloc[-1] for m in METRIC_NAMES},
-            }
-        )
+        histories[run_id] = metric_history(client, run_id)
+        stages = logged_stages(client, child)
+        rows.append({"run_id": run_id, "run_name": child.info.run_name, **point, **stages})
     if not rows:
         raise ReportError(
             f"parent run(s) {', '.join(parent_run_ids)} have no finished child run "
             f"(skipped: {skipped}). Fix: wait for the sweep, or pass another --parent-run-id"
         )
-    # oldest first, as the runs of one sweep come
+    # oldest first, as the runs of one sweep come; a metric a run did not log is NaN
     runs = pd.DataFrame(rows[::-1]).set_index("run_id")
-    return SweepRuns(client, parent_run_ids, runs, histories, skipped, superseded)
+    sets = sorted({column.split("/")[1] for column in runs if column.count("/") == 2})
+    expected = [
+        f"{when}/{prefix}{metric}"
+        for when in ("before", "after")
+        for prefix in ["", *(f"{name}/" for name in sets)]
+        for metric in (*METRIC_NAMES, *BEHAVIOUR_NAMES)
+    ]
+    runs = runs.reindex(columns=[*runs.columns, *(c for c in expected if c not in runs)])
+    return SweepRuns(client, parent_run_ids, runs, histories, skipped, superseded, sets)
+
+
+def logged_stages(client: MlflowClient, run) -> dict[str, float]:
+    """Every eval metric a report reads, of the held-out split (eval/<metric>) and of each
+    evaluation set (eval/<set>/<metric>): before/<...> at step 0 and after/<...> at the last
+    step (for a run that never trained, both are its one evaluation)."""
+    wanted = set(METRIC_NAMES) | set(BEHAVIOUR_NAMES)
+    values = {}
+    for name in run.data.metrics:
+        tail = name.removeprefix("eval/")
+        if tail == name or tail.rsplit("/", 1)[-1] not in wanted:
+            continue
+        history = sorted(client.get_metric_history(run.info.run_id, name), key=lambda m: m.step)
+        values[f"before/{tail}"] = history[0].value
+        values[f"after/{tail}"] = history[-1].value
+    return values
 
 
 # --- numbers ---------------------------------------------------------------------------------
 
 
-def stage(runs: pd.DataFrame, when: str) -> pd.DataFrame:
-    """The eval metrics of `runs` before training (step 0) or after it (the last step)."""
-    return runs[[f"{when}/{m}" for m in METRIC_NAMES]].set_axis(list(METRIC_NAMES), axis=1)
+def stage(
+    runs: pd.DataFrame, when: str, eval_set: str = HELD_OUT, metrics=METRIC_NAMES
+) -> pd.DataFrame:
+    """The eval metrics of `runs` on one evaluation set (the held-out split unless named) before
+    training (step 0) or after it (the last step)."""
+    prefix = "" if eval_set == HELD_OUT else f"{eval_set}/"
+    return runs[[f"{when}/{prefix}{m}" for m in metrics]].set_axis(list(metrics), axis=1)
 
 
 def interval(
@@ -260,23 +309,111 @@ def percent(mean: float, low: float = math.nan, high: float = math.nan, signed=F
     return text
 
 
+def fraction(mean: float, low: float = math.nan, high: float = math.nan) -> str:
+    """0.058 [0.041, 0.075]: ECE and AUROC as RLCR reports them."""
+    if math.isnan(mean):
+        return "-"
+    text = f"{mean:.3f}"
+    if not (math.isnan(low) or math.isnan(high)) and high > low:
+        text += f" [{low:.3f}, {high:.3f}]"
+    return text
+
+
+def formatted(metric: str, mean: float, low: float = math.nan, high: float = math.nan) -> str:
+    """A metric as the tables show it: a fraction (FRACTIONS) or a percentage, signed if SIGNED."""
+    if metric in FRACTIONS:
+        return fraction(mean, low, high)
+    return percent(mean, low, high, signed=metric in SIGNED)
+
+
 def shown(numbers: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
     """The table as printed: ours with intervals, then the reference, for `columns` (metric ->
     heading)."""
     table = pd.DataFrame(index=numbers.index)
     for metric, heading in columns.items():
-        signed = metric in SIGNED
         table[heading] = [
-            percent(row[f"{metric}_mean"], row[f"{metric}_low"], row[f"{metric}_high"], signed)
+            formatted(metric, row[f"{metric}_mean"], row[f"{metric}_low"], row[f"{metric}_high"])
             for _, row in numbers.iterrows()
         ]
     table["Seeds"] = numbers["seeds"].astype(int)
     for metric, heading in columns.items():
         if f"ref_{metric}" in numbers:
             table[f"Reference: {heading.lower()}"] = [
-                percent(v, signed=metric in SIGNED) for v in numbers[f"ref_{metric}"]
+                formatted(metric, v) for v in numbers[f"ref_{metric}"]
             ]
     return table
+
+
+# --- transfer and behaviour: every evaluation set, before vs after ------------------------------
+
+# Rows of the transfer and behaviour tables: label -> (its runs, "before" or "after" training).
+Rows = dict[str, tuple[pd.DataFrame, str]]
+
+
+def before_after_rows(groups: dict[str, pd.DataFrame]) -> Rows:
+    """The untrained model (step 0 of every trained run: greedy, so one model on one question
+    set) and each condition after training."""
+    trained = {label: runs[runs["trained"]] for label, runs in groups.items()}
+    trained = {label: runs for label, runs in trained.items() if not runs.empty}
+    if not trained:
+        return {}
+    rows: Rows = {"Untrained": (pd.concat(trained.values()), "before")}
+    return rows | {label: (runs, "after") for label, runs in trained.items()}
+
+
+def set_title(eval_set: str) -> str:
+    if eval_set == HELD_OUT:
+        return "Held-out split of the training source (in domain, eval/*)"
+    return f"`{eval_set}` (out of domain, eval/{eval_set}/*)"
+
+
+def per_set_section(
+    sweep: SweepRuns, rows: Rows, columns: dict[str, str], name: str, heading: str, intro: str
+) -> tuple[str, dict[str, pd.DataFrame]]:
+    """One table per evaluation set (the held-out split first): a row per entry of `rows`, a
+    column per metric of `columns` with its 95% interval across seeds. Returns the markdown
+    section and the numbers by "<name>/<set>"."""
+    lines, numbers = [f"## {heading}", "", intro], {}
+    for eval_set in [HELD_OUT, *sweep.sets]:
+        values = {
+            label: stage(runs, when, eval_set, list(columns))
+            for label, (runs, when) in rows.items()
+        }
+        numbers[f"{name}/{eval_set}"] = summarize(values, columns)
+        table = shown(numbers[f"{name}/{eval_set}"], columns)
+        # numbers as shown: tabulate would turn "0.100" back into 0.1
+        lines += ["", f"### {set_title(eval_set)}", "", table.to_markdown(disable_numparse=True)]
+    return "\n".join(lines), numbers
+
+
+def transfer_section(sweep: SweepRuns, rows: Rows) -> tuple[str, dict[str, pd.DataFrame]]:
+    """In-domain and out-of-domain numbers side by side, as calibration-RL papers report them."""
+    return per_set_section(
+        sweep,
+        rows,
+        TRANSFER_METRICS,
+        "transfer",
+        "Transfer: in domain and out of domain",
+        "Every evaluation set of the runs, greedy before training (Untrained: step 0) and after. "
+        "Accuracy and gap in %, ECE (10 equal-width bins) and AUROC as fractions, as RLCR "
+        "reports them; what the papers report is in `experiments/transfer/README.md`.",
+    )
+
+
+def behaviour_section(sweep: SweepRuns, rows: Rows) -> tuple[str, dict[str, pd.DataFrame]]:
+    """The reference's "The Pattern" table, measured: how the answers read before and after."""
+    return per_set_section(
+        sweep,
+        rows,
+        BEHAVIOUR_COLUMNS,
+        "behaviour",
+        "Behaviour: confidence when right and wrong, abstaining, alternatives",
+        "Mean stated confidence on right and on wrong answers, the share of answers that abstain "
+        '("I don\'t know", "None", "Unknown") and the share that put forward more than one '
+        "candidate (entropic.grading.abstains, mentions_alternatives). The reference "
+        "(Qwen3-4B, traces): confidence when right 95-98% -> 80-90%, when wrong 85-95% -> "
+        "60-70%, alternatives rarely -> often, abstains never -> sometimes.",
+    )
 
 
 def reward_label(labeled_fraction: float) -> str:
@@ -416,11 +553,14 @@ def curves_figure(sweep: SweepRuns, groups: dict[str, pd.DataFrame]) -> plt.Figu
 # --- traces ----------------------------------------------------------------------------------
 
 
-def moved_most(before: pd.DataFrame, after: pd.DataFrame, k: int) -> pd.DataFrame:
+def moved_most(
+    before: pd.DataFrame, after: pd.DataFrame, k: int, fmt: str = "lines"
+) -> pd.DataFrame:
     """The k questions whose stated confidence changed most, both confidences parsed.
 
     Among equal changes, questions whose answer changed come first, then question id order, so
-    the same tables always give the same rows.
+    the same tables always give the same rows. With the reasoning prompt (`fmt="reasoning"`)
+    the reasoning before each answer is shown too, cut at REASONING_CHARS.
     """
     both = before.merge(after, on="question_id", suffixes=("_before", "_after"))
     both = both.dropna(subset=["confidence_before", "confidence_after"])
@@ -435,16 +575,26 @@ def moved_most(before: pd.DataFrame, after: pd.DataFrame, k: int) -> pd.DataFram
         mark = "right" if row[f"correct_{when}"] else "wrong"
         return cell(f"{row[f'answer_{when}']} ({row[f'confidence_{when}']:.0%}, {mark})")
 
-    return pd.DataFrame(
-        {
-            "Question": [cell(q) for q in top["question_before"]],
-            # the gold aliases are joined with " | " (entropic.evaluate.grade)
-            "Gold": [cell(" / ".join(g.split(" | ")[:3])) for g in top["gold_before"]],
-            "Before": [said(row, "before") for _, row in top.iterrows()],
-            "After": [said(row, "after") for _, row in top.iterrows()],
-            "Change": [f"{100 * c:+.0f} pts" for c in top["change"]],
-        }
-    )
+    columns = {
+        "Question": [cell(q) for q in top["question_before"]],
+        # the gold aliases are joined with " | " (entropic.evaluate.grade)
+        "Gold": [cell(" / ".join(g.split(" | ")[:3])) for g in top["gold_before"]],
+        "Before": [said(row, "before") for _, row in top.iterrows()],
+        "After": [said(row, "after") for _, row in top.iterrows()],
+        "Change": [f"{100 * c:+.0f} pts" for c in top["change"]],
+    }
+    if fmt in LAST_COUNTS:
+        for when in ("before", "after"):
+            columns[f"Reasoning {when}"] = [
+                cell(shorten(reasoning_text(text, fmt), REASONING_CHARS))
+                for text in top[f"completion_{when}"]
+            ]
+    return pd.DataFrame(columns)
+
+
+def shorten(text: str, limit: int) -> str:
+    """`text` cut to about `limit` characters at a word, with an ellipsis when cut."""
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."
 
 
 def load_predictions(client: MlflowClient, run_id: str, path: str) -> pd.DataFrame:
@@ -479,7 +629,8 @@ def traces_section(sweep: SweepRuns, groups: dict[str, pd.DataFrame]) -> str:
         tables = {
             when: load_predictions(sweep.client, run_id, path) for when, path in PREDICTIONS.items()
         }
-        moved = moved_most(tables["before"], tables["after"], TRACES_PER_CONDITION)
+        fmt = trained["prompt_format"].iloc[0]
+        moved = moved_most(tables["before"], tables["after"], TRACES_PER_CONDITION, fmt)
         lines += [
             "",
             f"### {label}: run {trained['run_name'].iloc[0]}",
@@ -519,13 +670,15 @@ def training_report(
     curves = curves_figure(sweep, groups)
     if curves is not None:
         figures["training_curves"] = curves
+    behaviour, more = behaviour_section(sweep, before_after_rows(groups))
     sections = [
         f"![{figure_name}]({figure_name}.png)",
         untrained_line(sweep.runs),
         "## Training curves\n\n![training curves](training_curves.png)",
+        behaviour,
         traces_section(sweep, groups),
     ]
-    return Report(title, numbers, table, sections, figures)
+    return Report(title, numbers, table, sections, figures, more)
 
 
 def untrained_line(runs: pd.DataFrame) -> str:
@@ -616,6 +769,10 @@ def scarce_collapse(sweep: SweepRuns) -> Report:
                 )
     if lines:
         report.sections.insert(1, "\n".join(lines))
+    transfer, numbers = transfer_section(sweep, before_after_rows(groups))
+    # after the figure and the paired differences, before the curves
+    report.sections.insert(len(report.sections) - 3, transfer)
+    report.more.update(numbers)
     return report
 
 
@@ -698,6 +855,14 @@ def rl_vs_prompting(sweep: SweepRuns) -> Report:
         f"Prompting arm: `prompt={prompts}`, `train: false`. The untrained row is step 0 of the "
         "RL runs (default prompt, same questions, greedy).",
     ]
+    # the table's rows: the untrained model, the prompt, RL (each on every evaluation set)
+    rows: Rows = {"Untrained": (trained, "before"), "Aggressive prompting": (prompted, "after")}
+    rows["RL training"] = (trained, "after")
+    rows = {label: spec for label, spec in rows.items() if not spec[0].empty}
+    transfer, more = transfer_section(sweep, rows)
+    behaviour, behaviour_numbers = behaviour_section(sweep, rows)
+    sections += [transfer, behaviour]
+    more.update(behaviour_numbers)
     if not trained.empty:
         groups = {"RL training": trained}
         figures["training_curves"] = curves_figure(sweep, groups)
@@ -705,7 +870,7 @@ def rl_vs_prompting(sweep: SweepRuns) -> Report:
             "## Training curves\n\n![training curves](training_curves.png)",
             traces_section(sweep, groups),
         ]
-    return Report("RL training vs prompting", numbers, table, sections, figures)
+    return Report("RL training vs prompting", numbers, table, sections, figures, more)
 
 
 @dataclass(frozen=True)

@@ -196,8 +196,16 @@ def confidence_spread(
 class TRLReward:
     """The callable GRPOTrainer gets; its `__name__` is what TRL logs under `rewards/<name>/`."""
 
-    def __init__(self, cfg: RewardConfig, num_generations: int, clusterer: Callable | None):
+    def __init__(
+        self,
+        cfg: RewardConfig,
+        num_generations: int,
+        clusterer: Callable | None,
+        answer_format: str = "lines",
+    ):
         self.cfg = cfg
+        # the prompt's format (prompt.format): which Answer/Confidence lines count
+        self.answer_format = answer_format
         self.rule = get_rule(cfg.name)
         self.num_generations = num_generations
         self.clusterer = clusterer
@@ -214,7 +222,7 @@ class TRLReward:
         log_metric: Callable[[str, float], None] | None = None,
         **_: Any,
     ) -> list[float]:
-        parsed = [parse_completion(completion_text(c)) for c in completions]
+        parsed = [parse_completion(completion_text(c), self.answer_format) for c in completions]
         answer_texts = [answer for answer, _ in parsed]
         confidence = np.array([np.nan if c is None else c for _, c in parsed], dtype=float)
         correct = np.array(

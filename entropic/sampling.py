@@ -96,7 +96,7 @@ def sample_answers(
     # the k samples of a question come back side by side
     for index, (text, logprobs) in enumerate(zip(texts, generated.logprobs, strict=True)):
         row = questions[index // k]
-        answer, confidence = parse_completion(text)
+        answer, confidence = parse_completion(text, prompt.format)
         rows.append(
             {
                 "question_id": row["question_id"],

@@ -210,11 +210,17 @@ def log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> 
 
 
 def log_evaluation(
-    client: MlflowClient, run_id: str, metrics: Mapping[str, float], seconds: float, step: int
+    client: MlflowClient,
+    run_id: str,
+    metrics: Mapping[str, Mapping[str, float]],
+    seconds: float,
+    step: int,
 ) -> None:
-    """An evaluation's eval/* metrics and its wall time as time/eval_seconds, at its step: summed
-    over a run's steps (before, periodic, after), what evaluation cost the run."""
-    log_metrics(client, run_id, metrics, step, "eval/")
+    """An evaluation's metrics by prefix (eval/ for the held-out split, eval/<set>/ for each
+    other evaluation set) and the wall time of all of them as time/eval_seconds, at its step:
+    summed over a run's steps (before, periodic, after), what evaluation cost the run."""
+    for prefix, values in metrics.items():
+        log_metrics(client, run_id, values, step, prefix)
     log_metrics(client, run_id, {"eval_seconds": seconds}, step, "time/")
 
 

@@ -27,7 +27,7 @@ from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from entropic.config import AdapterConfig, EvalConfig, PromptConfig, RunConfig
-from entropic.evaluate import evaluate
+from entropic.evaluate import evaluate, metric_prefix
 from entropic.parsing import confidence_key_start
 from entropic.rollout import grpo_kwargs, prefix_cache_rollout
 from entropic.tracking import log_evaluation, log_metrics
@@ -150,14 +150,14 @@ def check_target_modules(adapter: AdapterConfig, checkpoint: str) -> None:
         )
 
 
-def confidence_mask(completion_ids: list[int], tokenizer) -> list[int]:
+def confidence_mask(completion_ids: list[int], tokenizer, fmt: str = "lines") -> list[int]:
     """1 for the tokens from the `Confidence` key on, 0 for the answer before it.
 
     The key is found as `parse_completion` finds it (`confidence_key_start`), so an answer that
     merely contains the word ("The Confidence-Man") stays masked. A completion without the key
     keeps every token (1), so the format penalty still teaches the format.
     """
-    key_start = confidence_key_start(tokenizer.decode(completion_ids))
+    key_start = confidence_key_start(tokenizer.decode(completion_ids), fmt)
     if key_start is None:
         return [1] * len(completion_ids)
     # the first token whose decoded prefix reaches past the key's first character
@@ -184,15 +184,17 @@ def trl_rollout(prompts: list, trainer: GRPOTrainer) -> dict:
     return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": logprobs}
 
 
-def with_confidence_mask(rollout: Callable[[list, GRPOTrainer], dict]) -> Callable:
+def with_confidence_mask(
+    rollout: Callable[[list, GRPOTrainer], dict], fmt: str = "lines"
+) -> Callable:
     """The `rollout_func` of `trainer.loss_tokens=confidence`: `rollout`'s completions with an
     `env_mask` that keeps the answer tokens out of the loss, TRL's documented way to mask tokens
-    the policy should not be trained on."""
+    the policy should not be trained on. `fmt` (prompt.format) says which Confidence key counts."""
 
     def masked(prompts: list, trainer: GRPOTrainer) -> dict:
         output = rollout(prompts, trainer)
         tokenizer = trainer.processing_class
-        mask = [confidence_mask(ids, tokenizer) for ids in output["completion_ids"]]
+        mask = [confidence_mask(ids, tokenizer, fmt) for ids in output["completion_ids"]]
         return {**output, "env_mask": mask}
 
     return masked
@@ -208,7 +210,9 @@ def rollout_func(cfg: RunConfig) -> Callable[[list, GRPOTrainer], dict] | None:
         generate = trl_rollout
     else:
         return None
-    return with_confidence_mask(generate) if cfg.trainer.loss_tokens == "confidence" else generate
+    if cfg.trainer.loss_tokens != "confidence":
+        return generate
+    return with_confidence_mask(generate, cfg.prompt.format)
 
 
 def mlflow_names(logs: dict[str, float], reward_weights: list[float] | None) -> dict[str, float]:
@@ -244,14 +248,15 @@ class MlflowMetricsCallback(TrainerCallback):
 
 
 class PeriodicEvalCallback(TrainerCallback):
-    """Greedy evaluation on a fixed held-out subset every N steps, logged as eval/* at that step
-    with its wall time as time/eval_seconds."""
+    """Greedy evaluation on fixed subsets every N steps, logged at that step: the held-out
+    split's as eval/*, each other evaluation set's (`eval.sets.<set>.periodic`) as eval/<set>/*,
+    and their wall time together as time/eval_seconds."""
 
     def __init__(
         self,
         every_n_steps: int,
         tokenizer,
-        questions: datasets.Dataset,
+        questions: dict[str, datasets.Dataset],
         prompt: PromptConfig,
         eval_cfg: EvalConfig,
         engine: str,
@@ -274,9 +279,12 @@ class PeriodicEvalCallback(TrainerCallback):
         if not state.is_world_process_zero:
             return
         started = time.perf_counter()
-        _, metrics = evaluate(
-            model, self.tokenizer, self.questions, self.prompt, self.eval_cfg, self.engine
-        )
+        metrics = {
+            metric_prefix(name): evaluate(
+                model, self.tokenizer, questions, self.prompt, self.eval_cfg, self.engine
+            )[1]
+            for name, questions in self.questions.items()
+        }
         seconds = time.perf_counter() - started
         log_evaluation(self.client, self.run_id, metrics, seconds, state.global_step)
 
@@ -292,12 +300,12 @@ def build_trainer(
     dtype: torch.dtype | str,
     client: MlflowClient | None,
     run_id: str | None,
-    periodic_questions: datasets.Dataset | None = None,
+    periodic_questions: dict[str, datasets.Dataset] | None = None,
 ) -> GRPOTrainer:
     callbacks: list[TrainerCallback] = []
     if client is not None and run_id is not None:
         callbacks.append(MlflowMetricsCallback(client, run_id))
-        if cfg.trainer.eval_every_n_steps > 0 and periodic_questions is not None:
+        if cfg.trainer.eval_every_n_steps > 0 and periodic_questions:
             callbacks.append(
                 PeriodicEvalCallback(
                     cfg.trainer.eval_every_n_steps,

@@ -83,6 +83,8 @@ SMOKE_SWEEP = [
     "compute=cpu",
     "compute.cpu_scale.train_questions=4",
     "compute.cpu_scale.eval_questions=6",
+    # the out-of-domain sets (eval.sets): a few questions each, enough for the reports' tables
+    "compute.cpu_scale.set_questions=4",
     "compute.cpu_scale.per_device_train_batch_size=4",
     "trainer.max_steps=2",
     "trainer.max_completion_length=24",

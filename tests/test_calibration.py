@@ -175,6 +175,8 @@ def test_pipeline_end_to_end_and_the_second_run_reuses_the_scores(
         "calibration.eval_questions=4",
         f"calibration.cache_dir={tmp_path / 'scores'}",
         "eval.max_new_tokens=12",
+        # the pipeline, not transfer: no other evaluation sets
+        "eval.sets=null",
         f"tracking.tracking_uri={mlflow_uri}",
     ]
     first = run(compose_config(smoke, tmp_path / "first"))

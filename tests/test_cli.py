@@ -27,6 +27,7 @@ SMOKE = [
     "compute=cpu",
     "compute.cpu_scale.train_questions=8",
     "compute.cpu_scale.eval_questions=16",
+    "compute.cpu_scale.set_questions=4",
     "compute.cpu_scale.per_device_train_batch_size=8",
     "trainer.max_steps=2",
     "trainer.save_steps=0",
@@ -56,7 +57,13 @@ def cli(
 def test_main_job_runs_end_to_end_and_a_rerun_leaves_it_finished(
     tmp_path, mlflow_uri, embedded_checkpoint
 ):
-    args = ["+experiment=scarce_mixed", *SMOKE]
+    # a periodic evaluation at step 1, of the held-out split and of the elements set only
+    periodic = [
+        "trainer.eval_every_n_steps=1",
+        "eval.periodic_size=4",
+        "eval.sets.elements.periodic=true",
+    ]
+    args = ["+experiment=scarce_mixed", *SMOKE, *periodic]
     done = cli(args, tmp_path, mlflow_uri)
     assert done.returncode == 0, done.stderr[-3000:]
     client = MlflowClient(mlflow_uri)
@@ -73,11 +80,13 @@ def test_main_job_runs_end_to_end_and_a_rerun_leaves_it_finished(
         "format_rate",
     ):
         steps = [m.step for m in client.get_metric_history(run.info.run_id, f"eval/{name}")]
-        assert steps == [0, 2], (name, steps)  # before training and at the final global step
-    params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
-    # why: what each evaluation took, at its step, sums to what evaluation cost the run
+        # before training, the periodic evaluation, and at the final global step
+        assert steps == [0, 1, 2], (name, steps)
+    # why: what each evaluation took (every set evaluated at its step), at its step, sums to
+    # what evaluation cost the run
     seconds = client.get_metric_history(run.info.run_id, "time/eval_seconds")
-    assert [m.step for m in seconds] == [0, 2] and all(m.value > 0 for m in seconds)
+    assert [m.step for m in seconds] == [0, 1, 2] and all(m.value > 0 for m in seconds)
+    params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
     assert params["reward.labeled_fraction"] == "0.5"
     # why: dtype=auto on the CPU is what this machine's bf16-vs-fp32 probe says, and is logged
     expected = "bfloat16" if models.cpu_bf16_is_faster() else "float32"
@@ -123,6 +132,21 @@ def test_main_job_runs_end_to_end_and_a_rerun_leaves_it_finished(
     # the terminal shows the before/after table, the run id and the command that browses it
     assert run.info.run_id in done.stdout and "calibration_gap" in done.stdout
     assert f"MLFLOW_TRACKING_URI={mlflow_uri} make ui" in done.stdout
+    # why: the default evaluation sets (eval.sets) are evaluated before and after, each under
+    # its own name, with its own prediction tables and reliability diagram, and periodically
+    # only when asked (elements here, not arithmetic)
+    for name, steps in (("elements", [0, 1, 2]), ("arithmetic", [0, 2])):
+        for metric in ("accuracy", "ece", "auroc", "abstain_share", "alternatives_share"):
+            history = client.get_metric_history(run.info.run_id, f"eval/{name}/{metric}")
+            assert [m.step for m in history] == steps, (name, metric)
+        tables = {a.path for a in client.list_artifacts(run.info.run_id, f"predictions/{name}")}
+        assert tables == {f"predictions/{name}/before.json", f"predictions/{name}/after.json"}
+        assert f"-- {name} --" in done.stdout
+        assert run.data.params[f"eval.sets.{name}.questions_used"] == "4"
+    figures = {a.path for a in client.list_artifacts(run.info.run_id, "reliability_diagram")}
+    assert figures == {"reliability_diagram/elements.png", "reliability_diagram/arithmetic.png"}
+    # why: the behaviour table is printed with the summaries, a row per set and stage
+    assert "-- behaviour --" in done.stdout and "alternatives_share" in done.stdout
 
     # rerunning the folder of a finished run says so and exits 0, leaving the run as it was
     again = cli(args, tmp_path, mlflow_uri)
@@ -130,7 +154,7 @@ def test_main_job_runs_end_to_end_and_a_rerun_leaves_it_finished(
     assert f"run {run.info.run_id} in " in again.stdout and "already FINISHED" in again.stdout
     (rerun,) = client.search_runs([experiment.experiment_id])
     assert (rerun.info.run_id, rerun.info.end_time) == (run.info.run_id, run.info.end_time)
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/ece")] == [0, 2]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/ece")] == [0, 1, 2]
 
 
 def at_step(client: MlflowClient, run_id: str, name: str, step: int) -> float:
@@ -151,3 +175,29 @@ def test_rejected_config_exits_nonzero_and_leaves_no_run(tmp_path, mlflow_uri):
     client = MlflowClient(mlflow_uri)
     experiments = client.search_experiments()
     assert all(not client.search_runs([e.experiment_id]) for e in experiments)
+
+
+def test_an_evaluation_only_job_on_a_users_file(tmp_path, mlflow_uri, embedded_checkpoint):
+    # why: the prompting baseline with a set of one's own is the eval-only job
+    path = tmp_path / "mine.jsonl"
+    path.write_text(
+        "\n".join(f'{{"question": "What is {n} + {n}?", "answers": ["{2 * n}"]}}' for n in range(5))
+    )
+    mine = f"+eval.sets.mine={{source: jsonl, path: {path}, size: 5}}"
+    done = cli(["+experiment=prompting_baseline", *SMOKE, mine], tmp_path, mlflow_uri)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient(mlflow_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("prompting_baseline").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["trained"] == "False"
+    # evaluated once (step 0), never trained
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/mine/accuracy")] == [0]
+    assert "-- mine --" in done.stdout and "untrained" in done.stdout
+
+
+def test_a_bad_evaluation_set_exits_before_any_model_and_leaves_no_run(tmp_path, mlflow_uri):
+    missing = "+eval.sets.mine={source: jsonl, path: /nonexistent/q.jsonl, size: 5}"
+    done = cli([missing], tmp_path, mlflow_uri)
+    assert done.returncode == 2
+    assert "eval.sets.mine.path=/nonexistent/q.jsonl does not exist" in done.stderr
+    client = MlflowClient(mlflow_uri)
+    assert all(not client.search_runs([e.experiment_id]) for e in client.search_experiments())

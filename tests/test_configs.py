@@ -10,6 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from entropic import models
+from entropic.compute import dotted
 from entropic.config import ConfigError, RunConfig
 from entropic.job import prepare
 from entropic.training import build_grpo_config
@@ -166,6 +167,9 @@ CPU_CAPS = {
     "trainer.per_device_train_batch_size": (32, 16),
     "trainer.temperature": (1.0, 0.7),
     "data.eval_size": (500, 200),
+    # the out-of-domain sets (eval.sets) at compute.cpu_scale.set_questions
+    "eval.sets.elements.size": (300, 100),
+    "eval.sets.arithmetic.size": (300, 100),
 }
 
 
@@ -198,10 +202,9 @@ def test_prepare_reports_each_value_the_cpu_caps_change(overrides, changed, tmp_
     prepared = prepare(compose_config(overrides, tmp_path))
     assert prepared.changed == changed
     for key, (_, used) in changed.items():
-        section, name = key.split(".")
-        if section in ("trainer", "data"):
+        if key.split(".")[0] in ("trainer", "data", "eval"):
             # why: the params log these values as what ran; the run must have run with them
-            assert getattr(getattr(prepared.config, section), name) == used
+            assert dotted(prepared.config, key) == used
 
 
 @pytest.mark.parametrize(
@@ -326,3 +329,140 @@ def test_prepare_accepts_a_dotted_module_name(tmp_path, embedded_checkpoint):
 def test_a_single_module_name_string_is_rejected_early(tmp_path, embedded_checkpoint):
     with pytest.raises(ConfigError, match="adapter.target_modules"):
         prepare(compose_config(["model=tiny_random", "adapter.target_modules=q_proj"], tmp_path))
+
+
+# --- evaluation sets (eval.sets) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "why"),
+    [
+        ("eval.sets.elements.size=0", "eval.sets.elements.size", "a set of no questions"),
+        ("eval.sets.elements.size=many", "eval.sets.elements.size", "a size that is no count"),
+        ("eval.sets.elements.periodic=often", "eval.sets.elements.periodic", "not a switch"),
+        ("+eval.sets.mine={size: 5}", "eval.sets.mine.source", "a set needs a source"),
+        ("+eval.sets.mine={source: geo}", "eval.sets.mine.size", "and a size"),
+        ("+eval.sets.Chem={source: elements, size: 5}", "eval.sets.Chem", "a metric prefix"),
+        ("+eval.sets.my-set={source: elements, size: 5}", "eval.sets.my-set", "no dashes"),
+    ],
+)
+def test_bad_eval_sets_name_the_key_and_the_fix(override, key, why):
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_hydra(compose_config([override]))
+    assert key in str(err.value) and "Fix:" in str(err.value)
+
+
+def small_jsonl(tmp_path, count: int) -> str:
+    path = tmp_path / "mine.jsonl"
+    lines = [f'{{"question": "What is {n} + {n}?", "answers": ["{2 * n}"]}}' for n in range(count)]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected", "why"),
+    [
+        (
+            ["+eval.sets.mine={source: jsonl, path: /nonexistent/q.jsonl, size: 5}"],
+            "eval.sets.mine.path=/nonexistent/q.jsonl does not exist",
+            "a missing file names the set's path key",
+        ),
+        (
+            ["+eval.sets.chem={source: chemistry, size: 5}"],
+            "eval.sets.chem.source=geo|",
+            "an unknown source lists the valid ones under the set's key",
+        ),
+        (
+            ["+eval.sets.caps={source: geo, size: 5, kinds: {capital: 0}}"],
+            "switches every geo question kind off",
+            "a set empty after its options filter everything out",
+        ),
+        (
+            ["eval.sets.elements.size=600", "compute.cpu_scale.set_questions=null"],
+            "eval.sets.elements.size=600",
+            "more questions than the source holds: the set's own size key",
+        ),
+        (
+            ["+eval.sets.tq={source: triviaqa, size: 5}"],
+            "HF_HUB_OFFLINE=1 is set; run with eval.sets.tq.source=geo",
+            "a hub source offline (the suite sets HF_HUB_OFFLINE=1) fails before any download",
+        ),
+        (
+            ["+eval.sets.accuracy={source: elements, size: 5}"],
+            "eval.sets.accuracy",
+            "eval/accuracy/... would read as the held-out split's accuracy",
+        ),
+        (
+            ["+eval.sets.held_out={source: elements, size: 5}"],
+            "eval.sets.held_out",
+            "the held-out split's own name in reports and summaries",
+        ),
+        (
+            ["+eval.sets.behaviour={source: elements, size: 5}"],
+            "eval.sets.behaviour",
+            "the behaviour table's title among the summary tables",
+        ),
+    ],
+)
+def test_prepare_rejects_bad_eval_sets_before_any_model(overrides, expected, why, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        prepare(compose_config(overrides, tmp_path))
+    assert expected in str(err.value)
+
+
+def test_a_set_that_overlaps_the_training_questions_is_rejected(tmp_path):
+    # why: a set that shares questions with training measures memory, not transfer. The run
+    # trains on all 5 pool questions of a 10-line file; a set of 8 of the 10 must share some.
+    path = small_jsonl(tmp_path, 10)
+    overrides = [
+        "data=jsonl",
+        f"data.path={path}",
+        "data.train_size=5",
+        "data.eval_size=2",
+        "compute=cpu",
+        f"+eval.sets.same={{source: jsonl, path: {path}, size: 8, split_seed: 1}}",
+    ]
+    with pytest.raises(ConfigError, match=r"eval.sets.same: \d of its 8 questions are in the"):
+        prepare(compose_config(overrides, tmp_path))
+
+
+def test_default_sets_are_loaded_and_capped_on_cpu(tmp_path):
+    prepared = prepare(compose_config(["+experiment=scarce_mixed", "compute=cpu"], tmp_path))
+    cap = prepared.config.compute.cpu_scale.set_questions
+    # why: the embedded default measures transfer on two offline sets outside geography
+    assert list(prepared.sets) == ["elements", "arithmetic"]
+    assert [len(questions) for questions in prepared.sets.values()] == [cap, cap]
+    # why: what was capped is logged, as every CPU change is
+    assert prepared.changed["eval.sets.elements.size"] == (300, cap)
+    # why: the held-out split comes first, under the name reports read it by
+    assert list(prepared.eval_sets()) == ["held_out", "elements", "arithmetic"]
+
+
+def test_a_set_switched_off_is_not_loaded(tmp_path):
+    prepared = prepare(compose_config(["eval.sets.arithmetic=null", "compute=cpu"], tmp_path))
+    assert list(prepared.sets) == ["elements"]
+
+
+def test_an_eval_only_job_needs_no_training_pool(tmp_path):
+    # why: a baseline that never trains can evaluate a file smaller than any training pool
+    overrides = [
+        "+experiment=prompting_baseline",
+        "data=jsonl",
+        f"data.path={small_jsonl(tmp_path, 3)}",
+        "data.eval_size=3",
+        f"+eval.sets.mine={{source: jsonl, path: {small_jsonl(tmp_path, 3)}, size: 3}}",
+    ]
+    prepared = prepare(compose_config(overrides, tmp_path))
+    assert len(prepared.train) == 0 and len(prepared.splits.eval) == 3
+    assert len(prepared.sets["mine"]) == 3
+
+
+def test_the_reasoning_prompt_gets_room_to_reason(tmp_path):
+    # why: the CPU profile's 32 tokens would cut the reasoning before its Answer line
+    prepared = prepare(compose_config(["prompt=reasoning", "compute=cpu"], tmp_path))
+    assert prepared.config.trainer.max_completion_length == 256
+    assert prepared.config.eval.max_new_tokens == 256
+    assert prepared.fitted == {
+        "trainer.max_completion_length": "32 -> 256",
+        "eval.max_new_tokens": "48 -> 256",
+    }

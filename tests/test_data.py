@@ -1,4 +1,5 @@
-"""Tests for entropic.data: split rules, geo aliases, the jsonl and triviaqa sources.
+"""Tests for entropic.data: split rules, geo aliases, the jsonl and triviaqa sources, the
+out-of-domain sources (elements, arithmetic) and eval-only loading.
 
 Offline and CPU-only. The default geo pool reads the package's city files once (~4 s); every
 other geo test uses country-level kinds only.
@@ -18,11 +19,16 @@ from entropic.data import (
     DATASETS,
     FEATURES,
     QuestionSplits,
+    arithmetic,
+    check_eval_source,
     check_source,
+    elements,
     geo,
+    load_eval_questions,
     load_questions,
     triviaqa,
 )
+from entropic.grading import is_correct
 
 # Country-level kinds only: builds in well under a second.
 COUNTRY_KINDS = {"capital": None, "currency": None, "continent": None}
@@ -63,7 +69,7 @@ def small_geo(**overrides) -> QuestionSplits:
     ],
 )
 def test_unknown_source_lists_valid_names(call):
-    with pytest.raises(ValueError, match=r"geo, triviaqa, jsonl.*data=geo\|triviaqa\|jsonl"):
+    with pytest.raises(ValueError, match=r"geo, triviaqa, jsonl, elements, arithmetic.*data=geo\|"):
         call()
 
 
@@ -98,6 +104,18 @@ def test_unknown_source_lists_valid_names(call):
         ("geo", {"split_seed": "0"}, r"data\.split_seed", "a seed must be an integer"),
         ("geo", {"train_size": 0}, r"data\.train_size=0", "an empty training pool"),
         ("jsonl", {}, r"data\.path=/path/to", "jsonl without a path"),
+        (
+            "elements",
+            {"kinds": {"symbols": None}},
+            r"data\.kinds\.symbols is not a elements question kind.*symbol, element_of_symbol",
+            "the shared kind check names the source's own kinds",
+        ),
+        (
+            "arithmetic",
+            {"kinds": {"mul_1x2digit": 1000}},
+            r"data\.kinds\.mul_1x2digit=1000.*only 720 distinct",
+            "a generated kind cannot fill more questions than it has (8 x 90 pairs)",
+        ),
     ],
 )
 def test_check_source_names_the_key(name, options, message, why):
@@ -105,9 +123,9 @@ def test_check_source_names_the_key(name, options, message, why):
         check_source(name, **options)
 
 
-def test_registry_lists_the_three_sources():
+def test_registry_lists_the_sources():
     # why: the config group conf/data/ holds exactly these names
-    assert list(DATASETS) == ["geo", "triviaqa", "jsonl"]
+    assert list(DATASETS) == ["geo", "triviaqa", "jsonl", "elements", "arithmetic"]
 
 
 # --- split rules ---------------------------------------------------------------------------------
@@ -351,6 +369,24 @@ def test_triviaqa_unreachable_hub_fails_fast(monkeypatch):
         load_questions("triviaqa", train_size=10, eval_size=5, seed=0)
 
 
+def test_triviaqa_as_an_evaluation_set_reads_only_the_validation_split(monkeypatch):
+    # why: an evaluation set needs no training pool, so it must not download TriviaQA's 138k
+    # training questions (the hub itself cannot run offline: its two calls are stood in for)
+    read = []
+
+    def one_split(split):
+        read.append(split)
+        return [triviaqa.to_row(f"{split}{i}", f"Question {i}?", str(i), []) for i in range(5)]
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(triviaqa, "ping_hub", lambda: None)
+    monkeypatch.setattr(triviaqa, "read_split", one_split)
+    assert len(load_eval_questions("triviaqa", eval_size=3)) == 3
+    assert read == ["validation"]
+
+
 def test_triviaqa_rows_put_the_value_first():
     row = triviaqa.to_row("tc_1", " Who  wrote Hamlet? ", "Shakespeare", ["shakespeare", "Bard"])
     # why: answer.value is canonical; repeated aliases add nothing
@@ -360,3 +396,136 @@ def test_triviaqa_rows_put_the_value_first():
         "answers": ["Shakespeare", "Bard"],
         "kind": "trivia",
     }
+
+
+# --- out-of-domain sources: elements and arithmetic -----------------------------------------------
+
+
+def source_row(module, question_id: str) -> dict:
+    """One question of an offline source by id, from its whole pool."""
+    pool = module.candidates(dict.fromkeys(module.KINDS))
+    return {row["question_id"]: row for row in pool}[question_id]
+
+
+@pytest.mark.parametrize(
+    ("module", "question_id", "question", "answer", "right", "why"),
+    [
+        (elements, "symbol:Fe", "What is the chemical symbol for iron?", "Fe", True, "the symbol"),
+        (elements, "symbol:Fe", "What is the chemical symbol for iron?", "FE", True, "any case"),
+        (elements, "symbol:Fe", "What is the chemical symbol for iron?", "Iron", False,
+         "the name is not the symbol"),
+        (elements, "symbol:In", "What is the chemical symbol for indium?", "In", True,
+         "a symbol that is also a framing word is right on its own"),
+        (elements, "symbol:In", "What is the chemical symbol for indium?", "In Fe", False,
+         "but not beside another candidate"),
+        (elements, "element_of_symbol:Al", "Which chemical element has the symbol Al?",
+         "Aluminium", True, "the British spelling of the package's aluminum"),
+        (elements, "element_of_symbol:Cs", "Which chemical element has the symbol Cs?",
+         "Caesium", True, "and of cesium"),
+        (elements, "element_of_number:W", "Which chemical element has atomic number 74?",
+         "Wolfram", True, "tungsten's other name"),
+        (elements, "element_of_symbol:Si", "Which chemical element has the symbol Si?", "Si",
+         False, "repeating the symbol (SmolLM2's favourite) is not naming the element"),
+        (elements, "atomic_number:Fe", "What is the atomic number of iron?", "26", True,
+         "the number"),
+        (elements, "atomic_number:Fe", "What is the atomic number of iron?", "Atomic number 26",
+         True, "the number as the question's own phrase"),
+        (elements, "atomic_number:Fe", "What is the atomic number of iron?", "26 or 27", False,
+         "a hedge between numbers earns nothing"),
+        (elements, "atomic_number:Fe", "What is the atomic number of iron?", "126", False,
+         "a number containing the gold is another number"),
+        (arithmetic, "add_2digit:32+13", "What is 32 + 13?", "45", True, "the sum"),
+        (arithmetic, "add_2digit:32+13", "What is 32 + 13?", "32 + 13 = 45", True,
+         "the worked equation small models write"),
+        (arithmetic, "add_2digit:32+13", "What is 32 + 13?", "32 + 13 = 46", False,
+         "a wrong equation, though it contains the operands"),
+        (arithmetic, "mul_1x2digit:3x19", "What is 3 x 19?", "3 * 19 = 57", True,
+         "another multiplication sign"),
+        (arithmetic, "mul_1x2digit:3x19", "What is 3 x 19?", "57.", True, "a full stop"),
+        (arithmetic, "mul_1x2digit:3x19", "What is 3 x 19?", "3", False,
+         "an operand is not the result"),
+    ],
+)  # fmt: skip
+def test_out_of_domain_items_grade_as_a_reader_would(module, question_id, question, answer,
+                                                      right, why):  # fmt: skip
+    row = source_row(module, question_id)
+    assert row["question"] == question
+    assert is_correct(answer, row["answers"]) is right
+
+
+def test_out_of_domain_pools():
+    element_pool = elements.candidates(dict.fromkeys(elements.KINDS))
+    arithmetic_pool = arithmetic.candidates(arithmetic.DEFAULT_KINDS)
+    # why: the issue asks for at least 300 questions per set; 4 kinds x 118 elements - 1
+    assert len(element_pool) == 4 * 118 - 1
+    assert len(arithmetic_pool) == 445
+    # why: a kind with fewer questions than QUESTIONS_PER_KIND gives all it has (9 x 9, 8 x 8)
+    every_kind = arithmetic.candidates(dict.fromkeys(arithmetic.KINDS))
+    assert len(every_kind) == 81 + 64 + 5 * arithmetic.QUESTIONS_PER_KIND
+    # why: the symbol of gold is a few-shot turn of every prompt we ship
+    assert "symbol:Au" not in {row["question_id"] for row in element_pool}
+    for pool in (element_pool, arithmetic_pool):
+        ids = [row["question_id"] for row in pool]
+        texts = [row["question"] for row in pool]
+        # why: a repeated question would be asked twice and could leak across a split
+        assert len(set(ids)) == len(ids) and len(set(texts)) == len(texts)
+    # why: grading drops the minus sign, so a negative result would accept its absolute value
+    assert all(not row["answers"][0].startswith("-") for row in arithmetic_pool)
+    for row in arithmetic_pool:
+        a, sign, b = row["question"].removeprefix("What is ").removesuffix("?").split()
+        result = {"+": int(a) + int(b), "-": int(a) - int(b), "x": int(a) * int(b)}[sign]
+        assert row["answers"][0] == str(result), row
+
+
+def test_arithmetic_is_the_same_everywhere():
+    # why: the operands come from SHA-256, not from `random`, so these ids never change (a
+    # changed pool would silently change every reported number)
+    first = [row["question_id"] for row in arithmetic.kind_rows("add_2digit", 3)]
+    assert first == ["add_2digit:42+41", "add_2digit:91+47", "add_2digit:82+52"]
+
+
+# --- eval-only loading ---------------------------------------------------------------------------
+
+
+def test_eval_only_load_is_the_eval_split(tmp_path):
+    # why: an evaluation set is the same questions the source's eval split would hold, whatever
+    # training pool another run draws from it
+    for name, options in (("elements", {}), ("geo", {"kinds": COUNTRY_KINDS})):
+        alone = load_eval_questions(name, eval_size=40, **options)
+        with_pool = load_questions(name, train_size=10, eval_size=40, seed=3, **options)
+        assert column(alone, "question_id") == column(with_pool.eval, "question_id")
+    # why: an eval-only job needs no training pool, so a file smaller than any pool will do
+    path = write_lines(tmp_path, GOOD_LINES[:3])
+    assert len(load_eval_questions("jsonl", eval_size=3, path=path)) == 3
+    with pytest.raises(ValueError, match="data.train_size"):
+        load_questions("jsonl", train_size=1, eval_size=3, seed=0, path=path)
+
+
+@pytest.mark.parametrize(
+    ("call", "message", "why"),
+    [
+        (
+            lambda: load_eval_questions("elements", eval_size=900, key="eval.sets.chem"),
+            r"eval\.sets\.chem\.source=elements has 471 .*eval\.sets\.chem\.size=900; lower",
+            "the size key of the set, not data.eval_size, is the one to change",
+        ),
+        (
+            lambda: check_eval_source("elements", key="eval.sets.chem", kinds={"mass": 3}),
+            r"eval\.sets\.chem\.kinds\.mass is not a elements question kind",
+            "an option is named under the set",
+        ),
+        (
+            lambda: check_eval_source("jsonl", key="eval.sets.mine", path="/no/such.jsonl"),
+            r"eval\.sets\.mine\.path=/no/such\.jsonl does not exist",
+            "a missing file names the set's path key",
+        ),
+        (
+            lambda: check_eval_source("trivia", key="eval.sets.tq"),
+            r"Unknown data source 'trivia'.*eval\.sets\.tq\.source=geo\|",
+            "an unknown source names the set's source key",
+        ),
+    ],
+)
+def test_eval_set_errors_name_the_sets_keys(call, message, why):
+    with pytest.raises(ValueError, match=message):
+        call()

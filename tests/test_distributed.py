@@ -62,6 +62,7 @@ TWO_RANK_SMOKE = [
     "compute=cpu",
     "compute.cpu_scale.train_questions=8",
     "compute.cpu_scale.eval_questions=8",
+    "compute.cpu_scale.set_questions=4",
     "compute.cpu_scale.per_device_train_batch_size=4",
     "trainer.max_steps=2",
     "trainer.save_steps=0",

@@ -1,33 +1,46 @@
-"""`summarize` and `discrimination` on hand-worked prediction tables."""
+"""`summarize` and `discrimination` on hand-worked prediction tables; `grade` on real
+completions; the evaluation sets' names and the behaviour table."""
 
 from __future__ import annotations
 
 import math
 
+import datasets
 import numpy as np
 import pandas as pd
 import pytest
 
-from entropic.evaluate import SUMMARY_NAMES, summarize
+from entropic.evaluate import (
+    BEHAVIOUR_NAMES,
+    HELD_OUT,
+    SUMMARY_NAMES,
+    behaviour_table,
+    grade,
+    metric_prefix,
+    predictions_path,
+    summarize,
+)
 from entropic.metrics import discrimination
 
 
-def predictions(rows: list[tuple[str | None, float | None, bool]]) -> pd.DataFrame:
-    """A prediction table as `grade` builds it: None where the answer or confidence is missing."""
+def predictions(rows: list[tuple]) -> pd.DataFrame:
+    """A prediction table as `grade` builds it: None where the answer or confidence is missing;
+    the behaviour columns (abstains, alternatives) when a row gives them."""
+    columns = ["answer", "confidence", "correct", "abstains", "alternatives"]
     return pd.DataFrame(
-        [{"answer": a, "confidence": c, "correct": ok} for a, c, ok in rows],
-        columns=["answer", "confidence", "correct"],
+        [dict(zip(columns, row, strict=False)) for row in rows], columns=columns[: len(rows[0])]
     )
 
 
 SIX = predictions(
     [
-        ("Paris", 0.9, True),
-        ("Rome", 0.6, True),
-        ("Madrid", 0.6, False),
-        ("Lyon", 0.2, False),
-        (None, 0.5, False),  # a confidence with no answer: wrong, but its confidence is parsed
-        ("Oslo", None, True),  # right, but no confidence: counts for accuracy only
+        ("Paris", 0.9, True, False, False),
+        ("Rome", 0.6, True, False, False),
+        ("Madrid or Rome", 0.6, False, False, True),
+        ("Unknown", 0.2, False, True, False),
+        # a confidence with no answer: wrong, but its confidence is parsed
+        (None, 0.5, False, False, False),
+        ("Oslo", None, True, False, False),  # right, but no confidence: counts for accuracy only
     ]
 )
 # By hand:
@@ -44,6 +57,8 @@ SIX = predictions(
 #   confidence_correct    (.9 + .6) / 2                                                 = 0.75
 #   confidence_wrong      (.6 + .2 + .5) / 3                                            = 1.3/3
 #   distinct_confidences  {.9, .6, .2, .5}                                              = 4
+#   abstain_share         "Unknown", of all six rows                                    = 1/6
+#   alternatives_share    "Madrid or Rome", of all six rows                             = 1/6
 SIX_EXPECTED = {
     "accuracy": 0.5,
     "format_rate": 4 / 6,
@@ -55,6 +70,8 @@ SIX_EXPECTED = {
     "confidence_correct": 0.75,
     "confidence_wrong": 1.3 / 3,
     "distinct_confidences": 4.0,
+    "abstain_share": 1 / 6,
+    "alternatives_share": 1 / 6,
 }
 
 
@@ -70,7 +87,8 @@ def test_summarize_with_nothing_parsed():
     metrics = summarize(predictions([("Paris", None, True), (None, None, False)]))
     assert metrics["accuracy"] == 0.5 and metrics["format_rate"] == 0.0
     assert metrics["distinct_confidences"] == 0.0
-    for name in ("confidence", "calibration_gap", "brier", "confidence_correct"):
+    # why: a table saved before the behaviour columns existed (a resumed run's) has no shares
+    for name in ("confidence", "calibration_gap", "brier", "confidence_correct", "abstain_share"):
         assert math.isnan(metrics[name]), name
     assert set(metrics) == set(SUMMARY_NAMES)
 
@@ -98,3 +116,57 @@ def test_discrimination(confidences, correct, expected):
         metrics["distinct_confidences"],
     )
     assert got == pytest.approx(expected, nan_ok=True)
+
+
+GRADE_CASES = [
+    # (completion, fmt, (answer, confidence, correct, abstains, alternatives), why)
+    ("Answer: Paris\nConfidence: 80", "lines", ("Paris", 0.8, True, False, False), "right"),
+    ("Answer: I don't know\nConfidence: 5", "lines", ("I don't know", 0.05, False, True, False),
+     "an abstention is graded wrong and counted"),
+    ("Answer: Paris or Lyon\nConfidence: 50", "lines", ("Paris or Lyon", 0.5, False, False, True),
+     "a hedged list is graded wrong and counted as alternatives"),
+    ("Answer: Lyon\nConfidence: 20\nQuestion: And Spain?\nAnswer: Paris", "lines",
+     ("Lyon", 0.2, False, False, False), "an invented next turn is neither graded nor reasoning"),
+    ("It could also be Lyon, but Paris is the capital.\nAnswer: Paris\nConfidence: 70",
+     "reasoning", ("Paris", 0.7, True, False, True),
+     "the reasoning prompt: the last lines graded, the reasoning read for alternatives"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("completion", "fmt", "expected"),
+    [case[:3] for case in GRADE_CASES],
+    ids=[case[3] for case in GRADE_CASES],
+)
+def test_grade(completion, fmt, expected):
+    questions = datasets.Dataset.from_dict(
+        {"question_id": ["q"], "question": ["Capital of France?"], "answers": [["Paris"]]}
+    )
+    row = grade(questions, [completion], fmt).iloc[0]
+    got = (row["answer"], row["confidence"], row["correct"], row["abstains"], row["alternatives"])
+    assert got == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("name", "prefix", "before", "after", "why"),
+    [
+        (HELD_OUT, "eval/", "predictions/before.json", "predictions/after.json",
+         "the held-out split stays where reports and the UI read it"),
+        ("elements", "eval/elements/", "predictions/elements/before.json",
+         "predictions/elements/after.json", "each other set under its own name"),
+    ],
+)  # fmt: skip
+def test_where_each_set_is_logged(name, prefix, before, after, why):
+    assert metric_prefix(name) == prefix
+    assert (predictions_path(name, "before"), predictions_path(name, "after")) == (before, after)
+
+
+def test_behaviour_table_reads_before_and_after_of_every_set():
+    before = {HELD_OUT: {**SIX_EXPECTED}, "elements": {**SIX_EXPECTED, "abstain_share": 0.0}}
+    after = {HELD_OUT: {**SIX_EXPECTED, "confidence_wrong": 0.2}}
+    table = behaviour_table(before, after)
+    # why: one row per set and stage that ran; a set evaluated only before has no after row
+    assert list(table.index) == [(HELD_OUT, "before"), (HELD_OUT, "after"), ("elements", "before")]
+    assert list(table.columns) == list(BEHAVIOUR_NAMES)
+    assert table.loc[(HELD_OUT, "after"), "confidence_wrong"] == 0.2
+    assert table.loc[("elements", "before"), "abstain_share"] == 0.0

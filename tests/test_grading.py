@@ -1,8 +1,15 @@
-"""Table-driven tests for `entropic.grading`: normalisation, matching, and hedge detection."""
+"""Table-driven tests for `entropic.grading`: normalisation, matching, hedge detection, and the
+behaviour rules (abstaining, naming alternatives)."""
 
 import pytest
 
-from entropic.grading import MAX_ANSWER_WORDS, is_correct, normalize_answer
+from entropic.grading import (
+    MAX_ANSWER_WORDS,
+    abstains,
+    is_correct,
+    mentions_alternatives,
+    normalize_answer,
+)
 
 NORMALIZE_CASES = [
     # (text, expected, why)
@@ -119,3 +126,68 @@ def test_long_answer_is_still_correct_when_it_equals_an_alias():
     title = "The Man Who Shot Liberty Valance and Other Stories of the West"
     assert is_correct(title, [title])
     assert not is_correct(title, ["Liberty Valance"])
+
+
+ABSTAIN_CASES = [
+    # (answer, abstains, why)
+    ("I don't know", True, "the plainest abstention"),
+    ("I do not know.", True, "spelled out, with a full stop"),
+    ("None", True, "the reference's trained model answers 'None' for a missing operetta"),
+    ("Unknown", True, "a one-word refusal"),
+    ("Not sure", True, "a hedge with no candidate"),
+    ("There is no such operetta", True, "denying the premise names nothing"),
+    ("No one knows", True, "nobody named"),
+    ("Paris", False, "an answer"),
+    ("Nonetheless, Paris", False, "a word that starts with 'none' is not 'none'"),
+    ("Na", False, "sodium's symbol, though 'N/A' normalises to it: N/A is not listed"),
+    ("No", False, "nobelium's symbol"),
+    ("Nothingham", False, "only whole words"),
+    (None, False, "no answer at all is a format failure, not an abstention"),
+]
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [case[:2] for case in ABSTAIN_CASES],
+    ids=[case[2] for case in ABSTAIN_CASES],
+)
+def test_abstains(answer, expected):
+    assert abstains(answer) is expected
+
+
+ALTERNATIVE_CASES = [
+    # (answer, reasoning, mentions alternatives, why)
+    ("Paris or Lyon", "", True, "a choice between two candidates"),
+    ("Either Paris or Rome", "", True, "either/or"),
+    ("Paris/Lyon", "", True, "a slash between candidates"),
+    ("Paris? No, Lyon", "", True, "a second thought is a second candidate"),
+    ("Paris", "", False, "one candidate"),
+    ("Paris, France", "", False, "a qualifier is not a second candidate"),
+    ("Trinidad and Tobago", "", False, "a name with 'and' in it is one candidate"),
+    ("Paris?", "", False, "a question mark with nothing after it offers nothing else"),
+    ("1/2", "", True, "a slash between numbers reads as a choice too (no fraction is asked)"),
+    (
+        "Saint Genevieve",
+        "However, Saint Vitus is also sometimes associated with dancers.",
+        True,
+        "the reference's trace: the reasoning brings in the right answer, the answer another",
+    ),
+    (
+        "Hieronymus Bosch",
+        "That style suggests Bosch, though it could also be Bruegel.",
+        True,
+        "'could also be' in the reasoning",
+    ),
+    ("Au", "Gold's Latin name is aurum, so its symbol is Au.", False, "reasoning with no rival"),
+    ("Paris", "Neither Lyon nor Marseille is the capital.", False, "'neither' is not 'either'"),
+    (None, "", False, "nothing answered, nothing offered"),
+]
+
+
+@pytest.mark.parametrize(
+    ("answer", "reasoning", "expected"),
+    [case[:3] for case in ALTERNATIVE_CASES],
+    ids=[case[3] for case in ALTERNATIVE_CASES],
+)
+def test_mentions_alternatives(answer, reasoning, expected):
+    assert mentions_alternatives(answer, reasoning) is expected

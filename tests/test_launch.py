@@ -280,6 +280,7 @@ def test_submitit_local_runs_one_sweep_point(tmp_path, mlflow_uri, embedded_chec
             "compute=cpu",
             "compute.cpu_scale.train_questions=8",
             "compute.cpu_scale.eval_questions=8",
+            "compute.cpu_scale.set_questions=4",
             "compute.cpu_scale.per_device_train_batch_size=4",
             "trainer.max_steps=1",
             "trainer.save_steps=0",

@@ -2,7 +2,7 @@
 
 import pytest
 
-from entropic.parsing import parse_completion
+from entropic.parsing import confidence_key_start, parse_completion, reasoning_text
 
 ANSWER_CASES = [
     # (completion, expected answer, why)
@@ -114,3 +114,56 @@ def test_long_blank_runs_parse_in_linear_time():
     # Why: RL samples degenerate text; a backtracking regex here once took seconds per 400 spaces.
     blank_run = " " * 100_000
     assert parse_completion(f"Answer:{blank_run}x\nConfidence{blank_run}") == ("x", None)
+
+
+REASONING_CASES = [
+    # (completion, expected (answer, confidence), expected reasoning, why)
+    (
+        "Gold's Latin name is aurum, so Au.\nAnswer: Au\nConfidence: 90",
+        ("Au", 0.9),
+        "Gold's Latin name is aurum, so Au.",
+        "the format the reasoning prompt teaches: thought, then the two lines",
+    ),
+    (
+        "My first answer: Sucre. But the seat of government is La Paz.\nAnswer: La Paz\n"
+        "Confidence: 60",
+        ("La Paz", 0.6),
+        "My first answer: Sucre. But the seat of government is La Paz.",
+        "an answer key inside the reasoning is a step on the way; the last one counts",
+    ),
+    (
+        "I am fairly sure (confidence: 90) it is Paris.\nAnswer: Paris\nConfidence: 70",
+        ("Paris", 0.7),
+        "I am fairly sure (confidence: 90) it is Paris.",
+        "and so is a confidence said in passing",
+    ),
+    (
+        "Paris is the capital of France.",
+        (None, None),
+        "Paris is the capital of France.",
+        "reasoning cut off before the lines: nothing to grade, all of it is reasoning",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("completion", "expected", "reasoning"),
+    [case[:3] for case in REASONING_CASES],
+    ids=[case[3] for case in REASONING_CASES],
+)
+def test_reasoning_format_reads_the_last_lines(completion, expected, reasoning):
+    assert parse_completion(completion, "reasoning") == expected
+    assert reasoning_text(completion, "reasoning") == reasoning
+
+
+def test_the_short_format_still_reads_the_first_lines():
+    # why: SmolLM2 goes on to invent the next question and answer it; the short format grades
+    # the answer it gave to ours, and says it gave no reasoning
+    completion = (
+        "Answer: Paris\nConfidence: 90\nQuestion: And Spain?\nAnswer: Madrid\nConfidence: 10"
+    )
+    assert parse_completion(completion) == ("Paris", 0.9)
+    assert reasoning_text(completion) == ""
+    # why: the confidence-only loss masks from the key the parser reads, in each format
+    assert confidence_key_start(completion) == completion.index("Confidence")
+    assert confidence_key_start(completion, "reasoning") == completion.rindex("Confidence")

@@ -10,8 +10,10 @@ from mlflow.tracking import MlflowClient
 
 from entropic.evaluate import METRIC_NAMES
 from entropic.report import (
+    BEHAVIOUR_COLUMNS,
     BOUNDS,
     STUDIES,
+    TRANSFER_METRICS,
     ReportError,
     find_parents,
     interval,
@@ -91,6 +93,30 @@ def test_moved_most_orders_by_the_size_of_the_change():
     assert moved["After"].iloc[0] == "Abuja (30%, wrong)"
 
 
+def test_traces_show_the_reasoning_of_the_reasoning_prompt():
+    # why: with prompt=reasoning the traces are where a reader sees how the reasoning changed
+    def table(completion, answer, confidence, correct):
+        rows = [("q1", "Patron saint of dancers?", "Saint Vitus", answer, confidence, correct)]
+        frame = predictions(rows)
+        frame["completion"] = completion
+        return frame
+
+    before = table(
+        "It is Saint Genevieve.\nAnswer: Genevieve\nConfidence: 85", "Genevieve", 0.85, False
+    )
+    after = table(
+        "Saint Vitus is also sometimes associated with dancers.\nAnswer: Genevieve\nConfidence: 60",
+        "Genevieve",
+        0.6,
+        False,
+    )
+    moved = moved_most(before, after, k=1, fmt="reasoning")
+    assert moved["Reasoning before"].iloc[0] == "It is Saint Genevieve."
+    assert moved["Reasoning after"].iloc[0].startswith("Saint Vitus is also")
+    # why: the short format has no reasoning to show
+    assert "Reasoning before" not in moved_most(before, after, k=1).columns
+
+
 def test_unknown_study_lists_the_valid_ones():
     with pytest.raises(ReportError, match="scarce_collapse"):
         write_report("scarce_colapse", MlflowClient("sqlite:///:memory:"))
@@ -117,7 +143,12 @@ def smoke_runs(smoke_sweep):
         return first.value
 
     rl, prompted = by_name["scarce_mixed"], by_name["prompting_baseline"]
-    metrics = ("accuracy", "calibration_gap", "confidence")
+    # the held-out split's metrics as <metric>, each evaluation set's as <set>/<metric>
+    metrics = [
+        f"{prefix}{m}"
+        for prefix in ("", *(f"{name}/" for name in SETS))
+        for m in (*TRANSFER_METRICS, *BEHAVIOUR_COLUMNS, "confidence")
+    ]
     return {
         "parent": parent.info.run_id,
         # the latest value of a metric is its value at the last step
@@ -192,6 +223,61 @@ def test_gap_reductions_are_computed_from_the_runs(reports, smoke_runs):
     # the reference's numbers stand beside ours
     assert table.loc["RL training", "ref_calibration_gap"] == pytest.approx(0.117)
     assert table.loc["Aggressive prompting", "ref_reduction"] == pytest.approx(0.27)
+
+
+# The smoke sweep evaluates the default evaluation sets (conf/eval/default.yaml), 4 questions each.
+SETS = ("elements", "arithmetic")
+# Rows of the transfer and behaviour tables, and where their numbers come from.
+BEFORE_AFTER_ROWS = [
+    # why: the untrained model is step 0 of the trained runs, in every study
+    ("scarce_collapse", "Untrained", "rl before"),
+    ("scarce_collapse", "C", "rl after"),
+    ("rl_vs_prompting", "Untrained", "rl before"),
+    # why: the prompt is evaluated once, never trained
+    ("rl_vs_prompting", "Aggressive prompting", "prompted"),
+    ("rl_vs_prompting", "RL training", "rl after"),
+    ("mix_ratio", "0.5", "rl after"),
+]
+
+
+@pytest.mark.parametrize(("study", "row", "source"), BEFORE_AFTER_ROWS[:5])
+@pytest.mark.parametrize("eval_set", ["held_out", *SETS])
+def test_transfer_numbers_are_each_sets_own(reports, smoke_runs, study, row, source, eval_set):
+    numbers = reports[study][0].more[f"transfer/{eval_set}"]
+    prefix = "" if eval_set == "held_out" else f"{eval_set}/"
+    for metric in TRANSFER_METRICS:
+        expected = smoke_runs[source][f"{prefix}{metric}"]
+        assert numbers.loc[row, f"{metric}_mean"] == pytest.approx(expected, nan_ok=True)
+    assert numbers.loc[row, "seeds"] == 1
+
+
+@pytest.mark.parametrize(("study", "row", "source"), BEFORE_AFTER_ROWS)
+@pytest.mark.parametrize("eval_set", ["held_out", *SETS])
+def test_behaviour_numbers_are_the_runs_own(reports, smoke_runs, study, row, source, eval_set):
+    numbers = reports[study][0].more[f"behaviour/{eval_set}"]
+    prefix = "" if eval_set == "held_out" else f"{eval_set}/"
+    for metric in BEHAVIOUR_COLUMNS:
+        expected = smoke_runs[source][f"{prefix}{metric}"]
+        assert numbers.loc[row, f"{metric}_mean"] == pytest.approx(expected, nan_ok=True)
+
+
+@pytest.mark.parametrize(
+    ("study", "sections"),
+    [
+        # why: the issue asks for transfer columns in these two studies...
+        ("scarce_collapse", ["## Transfer", "## Behaviour"]),
+        ("rl_vs_prompting", ["## Transfer", "## Behaviour"]),
+        # ...and for the behaviour table in every training report
+        ("mix_ratio", ["## Behaviour"]),
+        ("abundant_ablation", ["## Behaviour"]),
+    ],
+)
+def test_reports_have_their_sections(reports, study, sections):
+    text = (reports[study][1] / "report.md").read_text()
+    for section in sections:
+        assert section in text
+    for name in SETS:
+        assert f"### `{name}` (out of domain" in text
 
 
 @pytest.mark.parametrize("study", list(STUDIES))

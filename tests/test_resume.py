@@ -23,6 +23,7 @@ TINY = [
     "compute=cpu",
     "compute.cpu_scale.train_questions=8",
     "compute.cpu_scale.eval_questions=8",
+    "compute.cpu_scale.set_questions=4",
     "compute.cpu_scale.per_device_train_batch_size=4",
     "trainer.max_completion_length=8",
     "eval.max_new_tokens=8",

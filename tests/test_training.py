@@ -14,6 +14,8 @@ from transformers import TrainerState
 
 from entropic import models, tracking
 from entropic.config import RunConfig
+from entropic.data import load_eval_questions
+from entropic.evaluate import HELD_OUT
 from entropic.prompting import add_prompts
 from entropic.rewards import TRLReward, mark_labeled
 from entropic.semantic import build_clusterer
@@ -161,7 +163,11 @@ def test_periodic_evaluation_logs_metrics_and_seconds_at_its_step(
         callback = PeriodicEvalCallback(
             2,
             tokenizer,
-            datasets.Dataset.from_dict(QUESTIONS).select(range(2)),
+            # the held-out split and one evaluation set asked for periodically
+            {
+                HELD_OUT: datasets.Dataset.from_dict(QUESTIONS).select(range(2)),
+                "elements": load_eval_questions("elements", eval_size=2),
+            },
             config.prompt,
             replace(config.eval, max_new_tokens=4),
             "prefix_cache",
@@ -172,12 +178,15 @@ def test_periodic_evaluation_logs_metrics_and_seconds_at_its_step(
         callback.on_step_end(None, state, None, model=model)
     history = {
         name: [(m.step, m.value) for m in client.get_metric_history(run_id, name)]
-        for name in ("eval/accuracy", "time/eval_seconds")
+        for name in ("eval/accuracy", "eval/elements/accuracy", "time/eval_seconds")
     }
     if not logged:
-        assert history == {"eval/accuracy": [], "time/eval_seconds": []}
+        assert all(values == [] for values in history.values())
         return
+    # why: each set under its own name; the held-out split where reports read it
     assert [step for step, _ in history["eval/accuracy"]] == [global_step]
-    # why: the seconds sit beside the metrics, at the same step, so a run's evaluations add up
+    assert [step for step, _ in history["eval/elements/accuracy"]] == [global_step]
+    # why: the seconds sit beside the metrics, at the same step, once for all the sets, so a
+    # run's evaluations add up
     ((step, seconds),) = history["time/eval_seconds"]
     assert step == global_step and seconds > 0

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -113,6 +114,48 @@ def take_train(
     return ranked[:train_size]
 
 
+def check_kind_counts(
+    kinds: Mapping[str, Any] | None,
+    valid: Iterable[str],
+    *,
+    source: str,
+    default: Mapping[str, int | None] | None = None,
+) -> dict[str, int | None]:
+    """A source's `kinds` option (question kind -> most questions, null: all, 0: off) checked,
+    with None meaning `default` (every kind, all of its questions, when no default is given).
+    Raises ValueError naming the key when a kind is unknown, a count is not one, or every kind
+    is off."""
+    valid = tuple(valid)
+    key = option_key("kinds")
+    if kinds is None:
+        return dict(default) if default is not None else dict.fromkeys(valid)
+    if not isinstance(kinds, Mapping):
+        raise ValueError(
+            f"{key}={kinds!r} must map question kinds to counts, e.g. "
+            f"{{{valid[0]}: null, {valid[-1]}: 100}}; valid kinds: {', '.join(valid)}."
+        )
+    resolved = {}
+    for kind, limit in dict(kinds).items():
+        if kind not in valid:
+            raise ValueError(
+                f"{key}.{kind} is not a {source} question kind; valid kinds: {', '.join(valid)}."
+            )
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+            raise ValueError(
+                f"{key}.{kind}={limit!r} must be a count of questions (0 to switch the "
+                "kind off) or null for all of them."
+            )
+        if limit is not None and limit < 0:
+            raise ValueError(f"{key}.{kind}={limit} must be >= 0 (0 switches the kind off).")
+        resolved[kind] = limit
+    if not any(limit is None or limit > 0 for limit in resolved.values()):
+        raise ValueError(
+            f"{key} switches every {source} question kind off; give at least one kind a count "
+            f"above 0 or null. Valid kinds: {', '.join(valid)}."
+        )
+    return resolved
+
+
 def check_split_seed(split_seed: Any) -> None:
     if isinstance(split_seed, bool) or not isinstance(split_seed, int):
         raise ValueError(
@@ -142,13 +185,16 @@ def split_candidates(
 
 # The loaders import the helpers above from this package, so they are imported only once those
 # helpers exist.
-from entropic.data import geo, jsonl, triviaqa  # noqa: E402
+from entropic.data import arithmetic, elements, geo, jsonl, triviaqa  # noqa: E402
 
-# Each loader takes (*, train_size, eval_size, seed, **its options) and returns QuestionSplits.
+# Each loader takes (*, train_size, eval_size, seed, **its options) and returns QuestionSplits;
+# train_size=0 loads the eval set alone (an evaluation set of another run, entropic.evaluate).
 DATASETS: dict[str, Callable[..., QuestionSplits]] = {
     "geo": geo.load,
     "triviaqa": triviaqa.load,
     "jsonl": jsonl.load,
+    "elements": elements.load,
+    "arithmetic": arithmetic.load,
 }
 
 # Each check takes the same options as its loader and raises ValueError without reading much.
@@ -156,6 +202,8 @@ SOURCE_CHECKS: dict[str, Callable[..., None]] = {
     "geo": geo.check_source,
     "triviaqa": triviaqa.check_source,
     "jsonl": jsonl.check_source,
+    "elements": elements.check_source,
+    "arithmetic": arithmetic.check_source,
 }
 
 
@@ -184,6 +232,43 @@ def load_questions(
         # A loader bug rather than a user error: eval questions must never be trained on.
         raise RuntimeError(f"data={name}: train and eval share question_ids {sorted(overlap)[:5]}")
     return splits
+
+
+def load_eval_questions(
+    name: str, *, eval_size: int, key: str | None = None, **options: Any
+) -> datasets.Dataset:
+    """Source `name`'s eval draw alone, without a training pool: an evaluation set of a run that
+    trains on another source, or the data of a job that only evaluates. `key` is where an
+    evaluation set sits in the config ("eval.sets.elements"): errors then name its keys
+    (`<key>.size`, `<key>.<option>`) instead of the data group's."""
+    try:
+        _check_sizes(eval_size=eval_size)
+        _check_option_names(name, options)
+        questions = DATASETS[name](train_size=0, eval_size=eval_size, seed=0, **options).eval
+        if len(questions) == 0:
+            raise ValueError(f"data={name} gave no questions; check its options.")
+    except ValueError as err:
+        raise ValueError(keys_of_set(str(err), name, key) if key else str(err)) from err
+    return questions
+
+
+def check_eval_source(name: str, *, key: str, **options: Any) -> None:
+    """`check_source` for an evaluation set at `key`: its errors name the set's keys."""
+    try:
+        check_source(name, **options)
+    except ValueError as err:
+        raise ValueError(keys_of_set(str(err), name, key)) from err
+
+
+def keys_of_set(message: str, name: str, key: str) -> str:
+    """A loader's message with the data group's keys it names (data=<source>, data.eval_size,
+    data.<option>) rewritten as an evaluation set's (<key>.source=, <key>.size, <key>.<option>),
+    so the fix it gives is one the user can type."""
+    valid = [*option_names(name), *SIZE_ARGUMENTS] if name in DATASETS else list(SIZE_ARGUMENTS)
+    message = re.sub(r"(?<![\w/.])data\.eval_size\b", f"{key}.size", message)
+    options = "|".join(re.escape(option) for option in valid)
+    message = re.sub(rf"(?<![\w/.])data\.({options})\b", rf"{key}.\1", message)
+    return re.sub(r"(?<![\w/.])data=", f"{key}.source=", message)
 
 
 def check_source(name: str, **options: Any) -> None:

@@ -65,15 +65,13 @@ from countrystatecity_countries import (
 
 from entropic.data import (
     QuestionSplits,
+    check_kind_counts,
     check_split_seed,
-    option_key,
     rank_by_seed,
     split_candidates,
 )
 
 Row = dict[str, Any]
-
-KINDS_KEY = option_key("kinds")
 
 # Names that read badly inside a question ("What is the capital of Man (Isle of)?"). The
 # package's own name stays an accepted alias.
@@ -566,38 +564,12 @@ def candidates(kinds: Mapping[str, int | None]) -> list[Row]:
 
 def resolve_kinds(kinds: Mapping[str, Any] | None) -> dict[str, int | None]:
     """The `kinds` option validated, with None meaning DEFAULT_KINDS."""
-    if kinds is None:
-        return dict(DEFAULT_KINDS)
-    if not isinstance(kinds, Mapping):
-        raise ValueError(
-            f"{KINDS_KEY}={kinds!r} must map question kinds to counts, e.g. "
-            f"{{capital: null, country_of_city: 500}}; valid kinds: {', '.join(KINDS)}."
-        )
-    resolved = {}
-    for kind, limit in dict(kinds).items():
-        if kind not in KINDS:
-            raise ValueError(
-                f"{KINDS_KEY}.{kind} is not a geo question kind; valid kinds: {', '.join(KINDS)}."
-            )
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
-            raise ValueError(
-                f"{KINDS_KEY}.{kind}={limit!r} must be a count of questions (0 to switch the "
-                "kind off) or null for all of them."
-            )
-        if limit is not None and limit < 0:
-            raise ValueError(f"{KINDS_KEY}.{kind}={limit} must be >= 0 (0 switches the kind off).")
-        resolved[kind] = limit
-    return resolved
+    return check_kind_counts(kinds, KINDS, source="geo", default=DEFAULT_KINDS)
 
 
 def check_source(*, kinds: Mapping[str, Any] | None = None, split_seed: int = 0) -> None:
     """Validate the options without reading the package's data."""
-    resolved = resolve_kinds(kinds)
-    if not any(limit is None or limit > 0 for limit in resolved.values()):
-        raise ValueError(
-            f"{KINDS_KEY} switches every geo question kind off; give at least one kind a count "
-            f"above 0 or null. Valid kinds: {', '.join(KINDS)}."
-        )
+    resolve_kinds(kinds)
     check_split_seed(split_seed)
 
 

@@ -115,6 +115,9 @@ def load(*, train_size: int, eval_size: int, seed: int, split_seed: int = 0) -> 
     eval_rows = take_eval(
         read_split("validation"), eval_size=eval_size, split_seed=split_seed, source="triviaqa"
     )
+    if train_size == 0:
+        # an evaluation set (entropic.data.load_eval_questions): no need for the train split
+        return QuestionSplits(train=rows_to_dataset([]), eval=rows_to_dataset(eval_rows))
     # TriviaQA's splits are disjoint by construction; a repeated wording would still leak.
     held_out_ids = {row["question_id"] for row in eval_rows}
     held_out_texts = {row["question"].casefold() for row in eval_rows}
