@@ -39,6 +39,7 @@ SCALED_KEYS = (
     "trainer.per_device_train_batch_size",
     "trainer.temperature",
     "data.eval_size",
+    "generation.name",
 )
 
 
@@ -90,7 +91,12 @@ def apply_cpu_scale(cfg: RunConfig, device: str) -> tuple[RunConfig, Changed]:
             for name, entry in sets.items()
         }
     evaluation = dataclasses.replace(cfg.eval, sets=sets)
-    scaled = dataclasses.replace(cfg, trainer=trainer, data=data, eval=evaluation)
+    generation = cfg.generation
+    if scale.generation is not None:
+        generation = dataclasses.replace(generation, name=scale.generation)
+    scaled = dataclasses.replace(
+        cfg, trainer=trainer, data=data, eval=evaluation, generation=generation
+    )
     set_keys = tuple(f"eval.sets.{name}.size" for name in sets)
     return scaled, changed_values(cfg, scaled, SCALED_KEYS + set_keys)
 

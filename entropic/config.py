@@ -467,8 +467,12 @@ class CpuScale:
     temperature: float | None = None
     # most questions of each evaluation set (eval.sets) on CPU (None: each set's own size)
     set_questions: int | None = None
+    # engine of evaluation and sampled answers on CPU (None: generation.name as configured)
+    generation: str | None = None
 
     def __post_init__(self) -> None:
+        if self.generation is not None:
+            _one_of(self.generation, GENERATION_ENGINES, "compute.cpu_scale.generation")
         _require(
             self.temperature is None or self.temperature > 0,
             "compute.cpu_scale.temperature",

@@ -170,6 +170,8 @@ CPU_CAPS = {
     # the out-of-domain sets (eval.sets) at compute.cpu_scale.set_questions
     "eval.sets.elements.size": (300, 100),
     "eval.sets.arithmetic.size": (300, 100),
+    # the prefix-cached engine for every evaluation on CPU
+    "generation.name": ("hf", "prefix_cache"),
 }
 
 
@@ -202,7 +204,7 @@ def test_prepare_reports_each_value_the_cpu_caps_change(overrides, changed, tmp_
     prepared = prepare(compose_config(overrides, tmp_path))
     assert prepared.changed == changed
     for key, (_, used) in changed.items():
-        if key.split(".")[0] in ("trainer", "data", "eval"):
+        if key.split(".")[0] in ("trainer", "data", "eval", "generation"):
             # why: the params log these values as what ran; the run must have run with them
             assert dotted(prepared.config, key) == used
 
