@@ -60,7 +60,7 @@ from entropic.evaluate import (
     summarize,
 )
 from entropic.plots import reliability_diagram
-from entropic.prompting import add_prompts, fit_completion_length
+from entropic.prompting import FITTED_KEYS, add_prompts, fit_completion_length
 from entropic.rewards import TRLReward, check_labeled_fraction, get_rule, mark_labeled
 from entropic.semantic import build_clusterer
 from entropic.study import stability_study
@@ -97,8 +97,6 @@ class Prepared:
     clusterer: Callable | None
     # the other evaluation sets (eval.sets), by name
     sets: dict[str, datasets.Dataset] = field(default_factory=dict)
-    # completion lengths raised to what the prompt needs (prompt.completion_tokens): key -> change
-    fitted: dict[str, str] = field(default_factory=dict)
 
     def eval_sets(self) -> dict[str, datasets.Dataset]:
         """Every set the run evaluates, the held-out split first."""
@@ -115,10 +113,9 @@ def prepare(cfg: DictConfig) -> Prepared:
         check_sets(config.eval)
         device = resolve_device(config.compute)
         config, changed = apply_cpu_scale(requested, device)
-        config, fitted = fit_completion_length(config)
-        if fitted:
-            # what the prompt needed replaces the capped value: the params are the values used
-            changed = {**changed, **changed_values(requested, config, tuple(fitted))}
+        config = fit_completion_length(config)
+        # what the prompt needed replaces the capped value: the params are the values used
+        changed = {**changed, **changed_values(requested, config, FITTED_KEYS)}
         rollout.check(config, device)
         check_labeled_fraction(config.reward)
         if rule.needs_target:
@@ -161,7 +158,7 @@ def prepare(cfg: DictConfig) -> Prepared:
         # A RuntimeError is a bug (a loader that leaks eval questions into training, say): it
         # keeps its traceback and the run is not reported as bad input.
         raise err if isinstance(err, ConfigError) else ConfigError(str(err)) from err
-    return Prepared(config, device, changed, splits, train, clusterer, sets, fitted)
+    return Prepared(config, device, changed, splits, train, clusterer, sets)
 
 
 def run(cfg: DictConfig) -> RunResult:

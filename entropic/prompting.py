@@ -53,19 +53,19 @@ def add_prompts(dataset: datasets.Dataset, cfg: PromptConfig) -> datasets.Datase
     return dataset.map(_one, desc="prompts")
 
 
-def fit_completion_length(cfg: RunConfig) -> tuple[RunConfig, dict[str, str]]:
+# The lengths fit_completion_length may raise, by dotted key.
+FITTED_KEYS = ("trainer.max_completion_length", "eval.max_new_tokens")
+
+
+def fit_completion_length(cfg: RunConfig) -> RunConfig:
     """Give rollouts and evaluation the completion length the prompt needs
     (`prompt.completion_tokens`): a reasoning reply cut at the CPU profile's 32 tokens never
-    reaches its Answer line. Returns the new config and what changed (logged to MLflow)."""
+    reaches its Answer line. The job logs what this changed (FITTED_KEYS) with the CPU caps."""
     needed = cfg.prompt.completion_tokens
     if needed is None:
-        return cfg, {}
-    changes = {}
-    trainer, evaluation = cfg.trainer, cfg.eval
-    if trainer.max_completion_length < needed:
-        changes["trainer.max_completion_length"] = f"{trainer.max_completion_length} -> {needed}"
-        trainer = dataclasses.replace(trainer, max_completion_length=needed)
-    if evaluation.max_new_tokens < needed:
-        changes["eval.max_new_tokens"] = f"{evaluation.max_new_tokens} -> {needed}"
-        evaluation = dataclasses.replace(evaluation, max_new_tokens=needed)
-    return dataclasses.replace(cfg, trainer=trainer, eval=evaluation), changes
+        return cfg
+    trainer = dataclasses.replace(
+        cfg.trainer, max_completion_length=max(cfg.trainer.max_completion_length, needed)
+    )
+    evaluation = dataclasses.replace(cfg.eval, max_new_tokens=max(cfg.eval.max_new_tokens, needed))
+    return dataclasses.replace(cfg, trainer=trainer, eval=evaluation)
