@@ -11,6 +11,7 @@ Accuracy counts every question (an unparseable answer is wrong). The calibration
 from __future__ import annotations
 
 import math
+import time
 
 import datasets
 import numpy as np
@@ -159,6 +160,24 @@ def evaluate(
 HELD_OUT = "held_out"
 # The behaviour table's title beside the sets' summary tables (summary.md, the printed summary).
 BEHAVIOUR = "behaviour"
+
+
+def evaluate_sets(
+    model,
+    tokenizer,
+    sets: dict[str, datasets.Dataset],
+    prompt: PromptConfig,
+    cfg: EvalConfig,
+    engine: str,
+) -> tuple[dict[str, tuple[pd.DataFrame, dict[str, float]]], float]:
+    """`evaluate` on each named set: set name -> (prediction table, metrics), and the seconds
+    all of them took (logged as time/eval_seconds)."""
+    started = time.perf_counter()
+    results = {
+        name: evaluate(model, tokenizer, questions, prompt, cfg, engine)
+        for name, questions in sets.items()
+    }
+    return results, time.perf_counter() - started
 
 
 def metric_prefix(name: str) -> str:

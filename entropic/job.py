@@ -52,7 +52,7 @@ from entropic.evaluate import (
     SUMMARY_NAMES,
     behaviour_table,
     check_sets,
-    evaluate,
+    evaluate_sets,
     figure_path,
     load_sets,
     metric_prefix,
@@ -250,7 +250,9 @@ def train_job(cfg: DictConfig) -> RunResult:
             trainer = train(
                 prepared, checkpoint, tokenizer, dtype, client, run_id, resume_from, output_dir
             )
-            after, seconds = evaluate_sets(trainer.model, tokenizer, config, prepared.eval_sets())
+            after, seconds = evaluate_run_sets(
+                trainer.model, tokenizer, config, prepared.eval_sets()
+            )
             log_evaluations(client, run_id, after, seconds, trainer.state.global_step)
         summaries = log_summaries(client, run_id, before, after)
         if after:
@@ -334,17 +336,9 @@ def logged_result(client: MlflowClient, run: Run, output_dir: Path, seconds: flo
     )
 
 
-def evaluate_sets(model, tokenizer, config: RunConfig, sets: dict[str, datasets.Dataset]):
-    """Greedy evaluation of each set, as the run's config says to generate: set name ->
-    (prediction table, metrics), and the seconds all of them took."""
-    started = time.perf_counter()
-    results = {
-        name: evaluate(
-            model, tokenizer, questions, config.prompt, config.eval, config.generation.name
-        )
-        for name, questions in sets.items()
-    }
-    return results, time.perf_counter() - started
+def evaluate_run_sets(model, tokenizer, config: RunConfig, sets: dict[str, datasets.Dataset]):
+    """entropic.evaluate.evaluate_sets as the run's config says to prompt and generate."""
+    return evaluate_sets(model, tokenizer, sets, config.prompt, config.eval, config.generation.name)
 
 
 def evaluate_base(prepared, checkpoint, tokenizer, dtype, client, run_id, resumed: bool):
@@ -362,7 +356,7 @@ def evaluate_base(prepared, checkpoint, tokenizer, dtype, client, run_id, resume
     if pending:
         model = models.load_model(checkpoint, dtype, prepared.device)
         log.info("Evaluating the base model on %s", {n: len(q) for n, q in pending.items()})
-        fresh, seconds = evaluate_sets(model, tokenizer, config, pending)
+        fresh, seconds = evaluate_run_sets(model, tokenizer, config, pending)
         for name, (table, _) in fresh.items():
             table.to_parquet(before_table_path(config, name))
         log_evaluations(client, run_id, fresh, seconds, step=0)
@@ -454,7 +448,7 @@ def train_on_other_rank(prepared: Prepared, output_dir: Path, resume_from: str |
     dtype = models.torch_dtype(config.model, prepared.device)
     trainer = train(prepared, checkpoint, tokenizer, dtype, None, None, resume_from, output_dir)
     if is_deepspeed_zero3_enabled():
-        evaluate_sets(trainer.model, tokenizer, config, prepared.eval_sets())
+        evaluate_run_sets(trainer.model, tokenizer, config, prepared.eval_sets())
 
 
 def summary_table(before: dict[str, float], after: dict[str, float]) -> pd.DataFrame:

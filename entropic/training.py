@@ -14,7 +14,6 @@ join entropic's own under `time/`, and what another metric already holds is not 
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from entropic.config import AdapterConfig, EvalConfig, PromptConfig, RunConfig
-from entropic.evaluate import evaluate, metric_prefix
+from entropic.evaluate import evaluate_sets, metric_prefix
 from entropic.parsing import confidence_key_start
 from entropic.rollout import grpo_kwargs, prefix_cache_rollout
 from entropic.tracking import log_evaluation, log_metrics
@@ -278,14 +277,10 @@ class PeriodicEvalCallback(TrainerCallback):
             return
         if not state.is_world_process_zero:
             return
-        started = time.perf_counter()
-        metrics = {
-            metric_prefix(name): evaluate(
-                model, self.tokenizer, questions, self.prompt, self.eval_cfg, self.engine
-            )[1]
-            for name, questions in self.questions.items()
-        }
-        seconds = time.perf_counter() - started
+        results, seconds = evaluate_sets(
+            model, self.tokenizer, self.questions, self.prompt, self.eval_cfg, self.engine
+        )
+        metrics = {metric_prefix(name): values for name, (_, values) in results.items()}
         log_evaluation(self.client, self.run_id, metrics, seconds, state.global_step)
 
 
