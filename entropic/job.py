@@ -61,7 +61,7 @@ from entropic.evaluate import (
 )
 from entropic.plots import reliability_diagram
 from entropic.prompting import FITTED_KEYS, add_prompts, fit_completion_length
-from entropic.rewards import TRLReward, check_labeled_fraction, get_rule, mark_labeled
+from entropic.rewards import TRLReward, check_parameters, get_rule, mark_labeled
 from entropic.semantic import build_clusterer
 from entropic.study import stability_study
 from entropic.training import build_trainer, check_target_modules, last_checkpoint
@@ -117,7 +117,7 @@ def prepare(cfg: DictConfig) -> Prepared:
         # what the prompt needed replaces the capped value: the params are the values used
         changed = {**changed, **changed_values(requested, config, FITTED_KEYS)}
         rollout.check(config, device)
-        check_labeled_fraction(config.reward)
+        check_parameters(config.reward)
         if rule.needs_target:
             # the entropy -> Platt targets are made in train_job; their config is checked now,
             # and its CPU caps join the values logged as what ran

@@ -22,6 +22,7 @@ hands each rank back its own slice.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -74,6 +75,10 @@ def calibrated(batch: ScoredBatch, cfg: RewardConfig) -> np.ndarray:
     return 1.0 - (batch.calibrated_target - batch.confidence) ** 2
 
 
+# reward.* keys every rule reads (TRLReward pays format_penalty for an unparseable completion)
+COMMON_PARAMETERS = ("name", "format_penalty")
+
+
 @dataclass(frozen=True)
 class RewardRule:
     score: Callable[[ScoredBatch, RewardConfig], np.ndarray]
@@ -81,18 +86,30 @@ class RewardRule:
     needs_stability: bool
     # the dataset must carry a `calibrated_target` column (the entropy_platt pipeline)
     needs_target: bool
-    # the only labeled_fraction the rule is defined for (None: the rule reads the mix; mixed
-    # pays Brier on that share, calibrated fits its Platt scaling on it)
+    # the reward.* parameters the score reads besides COMMON_PARAMETERS; any other keeps the
+    # value that means "unused" (`unused_value`), or the run is refused (`check_parameters`)
+    reads: tuple[str, ...] = ()
+    # the labeled share the rule is defined for when it does not read labeled_fraction (brier
+    # needs every label, stability none); None for a rule that reads the mix
     labeled_fraction: float | None = None
+
+    def unused_value(self, parameter: str) -> Any:
+        """The value a parameter the rule does not read must keep: the labeled share the rule
+        is defined for, or RewardConfig's default."""
+        if parameter == "labeled_fraction":
+            return self.labeled_fraction
+        return next(f.default for f in dataclasses.fields(RewardConfig) if f.name == parameter)
 
 
 REWARDS: dict[str, RewardRule] = {
     "brier": RewardRule(brier, False, False, labeled_fraction=1.0),
     "stability": RewardRule(stability_reward, True, False, labeled_fraction=0.0),
-    "mixed": RewardRule(mixed, needs_stability=True, needs_target=False),
+    # Brier on that share of the questions, stability on the rest
+    "mixed": RewardRule(mixed, True, False, reads=("labeled_fraction",)),
     "rlcr": RewardRule(rlcr, False, False, labeled_fraction=1.0),
-    "log_score": RewardRule(log_score, False, False, labeled_fraction=1.0),
-    "calibrated": RewardRule(calibrated, needs_stability=False, needs_target=True),
+    "log_score": RewardRule(log_score, False, False, ("log_score_floor",), labeled_fraction=1.0),
+    # the Platt scaling is fitted on the labeled share
+    "calibrated": RewardRule(calibrated, False, True, reads=("labeled_fraction",)),
 }
 
 
@@ -105,15 +122,22 @@ def get_rule(name: str) -> RewardRule:
     return REWARDS[name]
 
 
-def check_labeled_fraction(cfg: RewardConfig) -> None:
-    """A label mix the chosen rule would ignore is an error, not a silent pure-Brier run."""
-    fixed = get_rule(cfg.name).labeled_fraction
-    if fixed is not None and cfg.labeled_fraction != fixed:
+def check_parameters(cfg: RewardConfig) -> None:
+    """A reward parameter the chosen rule does not read is an error, not a silent run without it
+    (reward=brier reward.labeled_fraction=0.5 would run as pure Brier)."""
+    rule = get_rule(cfg.name)
+    for parameter in (f.name for f in dataclasses.fields(RewardConfig)):
+        if parameter in COMMON_PARAMETERS or parameter in rule.reads:
+            continue
+        unused, value = rule.unused_value(parameter), getattr(cfg, parameter)
+        if value == unused:
+            continue
+        readers = [name for name, other in REWARDS.items() if parameter in other.reads]
         raise ValueError(
-            f"reward.labeled_fraction: reward={cfg.name} ignores the label mix and runs as if it "
-            f"were {fixed}, not {cfg.labeled_fraction}. Fix: reward=mixed "
-            f"reward.labeled_fraction={cfg.labeled_fraction} to mix Brier and stability, or drop "
-            "the override"
+            f"reward.{parameter}: reward={cfg.name} does not read it and runs as if it were "
+            f"{unused}, not {value}. Fix: reward={readers[0]} reward.{parameter}={value} (the "
+            f"rules that read it: {', '.join(readers)}), or drop the override (a rule chosen "
+            f"as a group, reward={cfg.name}, brings its own values)"
         )
 
 

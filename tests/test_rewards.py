@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -9,9 +10,11 @@ import pytest
 
 from entropic.config import RewardConfig
 from entropic.rewards import (
+    COMMON_PARAMETERS,
     REWARDS,
     ScoredBatch,
     TRLReward,
+    check_parameters,
     confidence_spread,
     get_rule,
     group_stability,
@@ -226,3 +229,43 @@ SPREAD_CASES = [
 def test_confidence_spread_hand_worked(question_ids, confidence, correct, expected):
     metrics = confidence_spread(question_ids, np.array(confidence, float), np.array(correct, float))
     assert metrics == pytest.approx(expected)
+
+
+PARAMETER_CASES = [
+    # (rule, parameters set, the fix named or None if accepted, why)
+    ("brier", {"labeled_fraction": 0.5}, "reward=mixed reward.labeled_fraction=0.5", "pure Brier"),
+    ("stability", {"labeled_fraction": 0.5}, "reward=mixed", "would run as pure stability"),
+    ("rlcr", {"labeled_fraction": 0.25}, "reward=mixed", "RLCR needs every label"),
+    ("brier", {"log_score_floor": 0.05}, "reward=log_score reward.log_score_floor=0.05", "unread"),
+    ("mixed", {"labeled_fraction": 0.5, "log_score_floor": 0.2}, "reward=log_score", "unread"),
+    ("brier", {"labeled_fraction": 1.0}, None, "the share brier is defined for"),
+    ("stability", {"labeled_fraction": 0.0}, None, "the share stability is defined for"),
+    ("mixed", {"labeled_fraction": 0.25}, None, "mixed reads the mix"),
+    ("calibrated", {"labeled_fraction": 0.5}, None, "calibrated fits its Platt scaling on it"),
+    ("log_score", {"log_score_floor": 0.05}, None, "log_score reads its floor"),
+    ("rlcr", {"format_penalty": -1.0}, None, "every rule pays the format penalty"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "parameters", "fix"),
+    [case[:3] for case in PARAMETER_CASES],
+    ids=[f"{case[0]}-{case[3]}" for case in PARAMETER_CASES],
+)
+def test_a_parameter_the_rule_does_not_read_is_refused(name, parameters, fix):
+    config = cfg(name, **parameters)
+    if fix is None:
+        check_parameters(config)
+        return
+    with pytest.raises(ValueError) as err:
+        check_parameters(config)
+    assert str(err.value).startswith("reward.") and fix in str(err.value).split("Fix:")[1]
+
+
+def test_every_rule_declares_parameters_that_exist():
+    # why: a misspelt name in `reads` would leave the real parameter unchecked
+    names = {f.name for f in dataclasses.fields(RewardConfig)}
+    for name, rule in REWARDS.items():
+        assert set(rule.reads) <= names - set(COMMON_PARAMETERS), name
+        # a rule either reads the mix or says which share it is defined for, never both
+        assert ("labeled_fraction" in rule.reads) == (rule.labeled_fraction is None), name

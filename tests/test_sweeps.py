@@ -19,6 +19,7 @@ from omegaconf import OmegaConf, open_dict
 
 from entropic import tracking
 from entropic.config import RunConfig
+from entropic.rewards import check_parameters
 from entropic.sweeps import (
     COMPARISON_FIGURE,
     PARENT_RUN_FILE,
@@ -107,6 +108,8 @@ def test_every_sweep_expands_to_its_grid(sweep, tmp_path):
     assert len(got) == len(GRIDS[sweep])  # no point twice
     assert set(got) == GRIDS[sweep]
     for config in configs:
+        # why: no point sets a reward parameter its reward ignores (a brier point with a mix)
+        check_parameters(config.reward)
         # why: parent and children share the sweep's MLflow experiment, so the UI nests them
         assert config.tracking.experiment_name == sweep
         assert config.tags["sweep"] == sweep
