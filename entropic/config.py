@@ -8,8 +8,14 @@ milliseconds instead of after the model has loaded (TRL's `GRPOConfig.__post_ini
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
+import os
 import re
+import tempfile
+import types
+import typing
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,8 +59,9 @@ class ModelConfig:
     gguf_file: str | None = None
     # local checkpoint directory (source=path)
     path: str | None = None
-    # torch dtype for training and generation
-    dtype: str = "float32"
+    # torch dtype for training and generation (auto: bf16 on CUDA; on CPU bf16 where a
+    # matrix-product probe finds it >= 1.25x faster, else float32; entropic.models)
+    dtype: str = "auto"
     # source=random: a hub id or directory of the tokenizer (None: the embedded SmolLM2 tokenizer)
     tokenizer: str | None = None
     # source=random: tiny (2 layers, for tests) | smollm2_135m (SmolLM2-135M's architecture)
@@ -86,8 +93,9 @@ ADAPTERS = ("lora", "full")
 class AdapterConfig:
     # what GRPO trains: lora (peft adapters, as the reference's Tinker runs) | full (every weight)
     name: str = "lora"
-    # AdamW learning rate that suits this adapter (trainer.learning_rate defaults to it)
-    learning_rate: float = 1.0e-5
+    # AdamW learning rate that suits this adapter (trainer.learning_rate defaults to it; LoRA's
+    # 1e-4 is ~10x full fine-tuning's, conf/adapter/)
+    learning_rate: float = 1.0e-4
     # LoRA rank r
     rank: int = 32
     # LoRA scale alpha (the update is scaled by alpha / rank)
@@ -127,11 +135,21 @@ class AdapterConfig:
 
 
 def _require_finite(value: Any, key: str) -> None:
+    """Refuse nan and inf anywhere in a value, naming the dotted key that holds them: in a nested
+    mapping (trainer.grpo, data.options, eval.sets, compute.cpu_scale) or a list too."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            _require_finite(item, f"{key}.{name}")
+        return
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _require_finite(item, f"{key}[{index}]")
+        return
     _require(
         not isinstance(value, float) or math.isfinite(value),
         key,
         f"{value} is not a finite number",
-        "give a number (nan and inf are never meaningful here)",
+        f"give a number (nan and inf are never meaningful here), e.g. {key}=0.0",
     )
 
 
@@ -225,79 +243,81 @@ class SemanticConfig:
 
 
 LOSS_TOKENS = ("all", "confidence")
-# GRPOConfig fields entropic fills in from other keys (the rollout group, compute, tracking)
-GRPO_FIELDS_WE_SET = frozenset(
-    {
-        "output_dir",
-        "num_train_epochs",
-        "save_strategy",
-        "report_to",
-        "use_cpu",
-        "bf16",
-        "model_init_kwargs",
-        "seed",
-        "data_seed",
-        "remove_unused_columns",
-        "save_total_limit",
-        "disable_tqdm",
-        "warmup_steps",
-        "use_vllm",
-    }
-)
-
-
-def grpo_config_fields() -> set[str]:
-    """Names trl.GRPOConfig accepts (imported here only, so config stays cheap to import)."""
-    from trl import GRPOConfig
-
-    return {f.name for f in dataclasses.fields(GRPOConfig)}
+# trl.GRPOConfig fields entropic fills in from another key, and that key: a pass-through
+# (trainer.grpo.<field>) of one of them is refused, naming the key that sets it
+TRL_FIELDS_SET_ELSEWHERE = {
+    "num_train_epochs": "trainer.epochs",
+    "warmup_steps": "trainer.warmup_ratio",
+    "save_strategy": "trainer.save_steps",
+    "output_dir": "output_dir (Hydra's job folder)",
+    "seed": "seed",
+    "data_seed": "seed",
+    "use_cpu": "compute.device",
+    "bf16": "model.dtype",
+    "model_init_kwargs": "model (conf/model/)",
+    "use_vllm": "rollout (conf/rollout/)",
+    "report_to": "tracking (entropic logs to MLflow itself)",
+    "remove_unused_columns": "a fixed false (the rewards read the dataset's columns)",
+    "save_total_limit": "a fixed 2 (two checkpoints to resume from)",
+    "disable_tqdm": "a fixed false (the progress bar stays on)",
+}
+# every trl.GRPOConfig field named vllm_* comes from the rollout group (entropic.rollout)
+TRL_PREFIX_SET_ELSEWHERE = ("vllm_", "rollout (conf/rollout/)")
 
 
 @dataclass
 class TrainerConfig:
-    # passes over the training pool
+    """The GRPO settings entropic owns: read by its own code, or set differently from TRL's
+    defaults (the reason is beside each; experiments/lora_recipe/README.md has the evidence).
+    Every other trl.GRPOConfig field passes through `grpo` and is checked by TRL itself."""
+
+    # passes over the training pool (TRL's num_train_epochs, 3 by default; the reference trains
+    # 1, and 2 for its collapse run)
     epochs: float
-    # completions sampled per question (the GRPO group size G)
+    # completions sampled per question, the GRPO group size G (read by entropic: the stability
+    # reward's groups and the CPU caps)
     num_generations: int
-    # AdamW learning rate
+    # AdamW learning rate (the YAML takes the adapter's: "LoRA Without Regret"; TRL's is 1e-6)
     learning_rate: float
-    # KL coefficient against the reference model (0 disables the reference model)
+    # KL coefficient against the reference model (0: no reference model; Tinker, RLCR), pinned so
+    # that a change of TRL's default cannot change the recipe
     beta: float
-    # sampling temperature of the rollouts
+    # sampling temperature of the rollouts (read by entropic: the CPU cap and the prefix_cache
+    # rollout; 1.0 is Tinker's)
     temperature: float
-    # most tokens per completion
+    # most tokens per completion (read by entropic: CPU cap, prompt.completion_tokens; TRL's 512
+    # is far more than the answer and confidence lines need)
     max_completion_length: int
-    # completions per device per optimisation step
+    # completions per device per optimisation step (read by entropic: the CPU cap; a multiple of
+    # num_generations)
     per_device_train_batch_size: int
-    # micro-batches accumulated into one optimisation step
-    gradient_accumulation_steps: int = 1
-    # stop after this many optimisation steps (-1: run all epochs)
+    # stop after this many optimisation steps (-1: run all epochs; 0, which TRL would take as
+    # "all epochs", is refused; the smoke runs and `make bench` cut runs short with it)
     max_steps: int = -1
-    # log TRL's training metrics every N steps
+    # log TRL's training metrics every N steps (TRL logs every 10; a run here is 8-50 steps)
     logging_steps: int = 1
-    # save a resumable checkpoint every N steps (0: never)
-    save_steps: int = 0
-    # nucleus sampling of the rollouts
-    top_p: float = 1.0
-    # GRPO loss variant passed to TRL (dapo, grpo, dr_grpo, ...)
-    loss_type: str = "dapo"
-    # how TRL scales group advantages: group | batch | none
-    scale_rewards: str = "group"
-    # run the periodic held-out evaluation every N steps (0: only before and after)
-    eval_every_n_steps: int = 0
-    # Adam's beta1 and beta2 (Tinker's RL default is 0.9, 0.95)
+    # write a resumable checkpoint every N steps (0: never; no checkpoint is written, not even at
+    # the end, and a rerun in the same folder trains again from step 0)
+    save_steps: int = 50
+    # advantage scaling: none = reward minus the group mean (Tinker, RLCR, Dr. GRPO; TRL: group)
+    scale_rewards: str = "none"
+    # Adam's beta1 and beta2 (Tinker's pair; TRL's beta2 is 0.999)
     adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    # learning-rate schedule (transformers' lr_scheduler_type: linear, constant, cosine, ...)
-    lr_scheduler_type: str = "linear"
-    # share of the steps spent warming the learning rate up (TRL's warmup_steps as a ratio)
+    adam_beta2: float = 0.95
+    # learning-rate schedule (constant: Tinker; TRL decays linearly to 0)
+    lr_scheduler_type: str = "constant"
+    # share of the steps spent warming the learning rate up (TRL's warmup_steps, which takes a
+    # value below 1 as a share; a name of its own says which it is)
     warmup_ratio: float = 0.0
-    # recompute activations in the backward pass (TRL defaults to true; pure cost on a small model)
+    # recompute activations in the backward pass (our measurement: pure cost on a 135M model;
+    # TRL turns it on)
     gradient_checkpointing: bool = False
     # which completion tokens the policy-gradient loss covers: all | confidence (from the
     # `Confidence` key on; the answer tokens then keep the base model's distribution up to the
-    # shared weights)
+    # shared weights) (entropic's own)
     loss_tokens: str = "all"
+    # run the periodic held-out evaluation every N steps (0: only before and after; entropic's own)
+    eval_every_n_steps: int = 0
     # any other trl.GRPOConfig field, passed through and validated by TRL itself
     grpo: dict[str, Any] = field(default_factory=dict)
 
@@ -318,23 +338,6 @@ class TrainerConfig:
             "trainer.warmup_ratio",
             f"{self.warmup_ratio} is outside [0, 1)",
             "e.g. trainer.warmup_ratio=0.1",
-        )
-        owned = {f.name for f in dataclasses.fields(self)} | GRPO_FIELDS_WE_SET
-        # vllm_* fields come from the rollout group (entropic.rollout.grpo_kwargs)
-        owned |= {key for key in self.grpo if key.startswith("vllm_")}
-        _require(
-            not (set(self.grpo) & owned),
-            "trainer.grpo",
-            f"sets {sorted(set(self.grpo) & owned)}, which entropic sets itself",
-            "set them as trainer.<key> (or through the group that owns them) instead",
-        )
-        # trl is imported only when there is something to check: validation stays cheap
-        unknown = sorted(set(self.grpo) - grpo_config_fields()) if self.grpo else []
-        _require(
-            not unknown,
-            "trainer.grpo",
-            f"{unknown} are not trl.GRPOConfig fields",
-            "check the spelling against trl.GRPOConfig (TRL 1.16's documentation)",
         )
         _require(
             self.num_generations >= 2,
@@ -359,13 +362,162 @@ class TrainerConfig:
             "must be > 0",
             "e.g. 48",
         )
-        _require(
-            self.gradient_accumulation_steps > 0,
-            "trainer.gradient_accumulation_steps",
-            "must be > 0",
-            "e.g. 1",
-        )
         _require(self.max_steps != 0, "trainer.max_steps", "0 steps", "-1 (all epochs) or > 0")
+        _require(
+            self.save_steps >= 0,
+            "trainer.save_steps",
+            f"{self.save_steps} < 0",
+            "a step count, or trainer.save_steps=0 for no checkpoints",
+        )
+        _require(
+            isinstance(self.grpo, dict),
+            "trainer.grpo",
+            f"{self.grpo!r} is not a mapping",
+            "trainer.grpo.<field>=<value>, e.g. +trainer.grpo.max_grad_norm=0.5",
+        )
+        check_with_trl(self)
+
+    def grpo_arguments(self) -> dict[str, Any]:
+        """The trl.GRPOConfig arguments of this section: our keys under TRL's names, then the
+        pass-through fields (no key of ours can be among them: `check_with_trl` refuses it)."""
+        return {
+            **{name: getattr(self, name) for name in TRAINER_KEYS_UNDER_TRL_NAMES},
+            "num_train_epochs": self.epochs,
+            "warmup_steps": self.warmup_ratio,
+            "save_strategy": "steps" if self.save_steps > 0 else "no",
+            # TRL refuses save_steps=0 even with saving off
+            "save_steps": max(self.save_steps, 1),
+            **self.grpo,
+        }
+
+
+# TrainerConfig keys that are trl.GRPOConfig fields of the same name and meaning
+TRAINER_KEYS_UNDER_TRL_NAMES = (
+    "num_generations",
+    "learning_rate",
+    "beta",
+    "temperature",
+    "max_completion_length",
+    "per_device_train_batch_size",
+    "max_steps",
+    "logging_steps",
+    "scale_rewards",
+    "adam_beta1",
+    "adam_beta2",
+    "lr_scheduler_type",
+    "gradient_checkpointing",
+)
+# The environment a multi-process launch sets; hidden while the check builds a GRPOConfig, so
+# that building it cannot start a process group (TrainingArguments sets up its devices).
+LAUNCH_ENVIRONMENT = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "ACCELERATE_USE_CPU")
+
+
+# a value of each simple type, for the fix of a pass-through value of the wrong type
+TYPE_EXAMPLES = {bool: "true", int: "1", float: "0.5", str: "<text>"}
+
+
+def trl_field_types() -> dict[str, Any]:
+    """trl.GRPOConfig's fields and their types (trl is imported here only, so that config stays
+    cheap to import)."""
+    from trl import GRPOConfig
+
+    return {f.name: f.type for f in dataclasses.fields(GRPOConfig)}
+
+
+def _type_matches(value: Any, annotation: Any) -> bool:
+    """Whether a YAML value fits a simple field type (bool, int, float, str, X | None); other
+    types are left to TRL."""
+    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else ()
+    if options:
+        return any(_type_matches(value, option) for option in options)
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    return True
+
+
+def check_with_trl(trainer: TrainerConfig) -> None:
+    """Check the pass-through fields by name and type, then build a trl.GRPOConfig from the whole
+    section so that TRL's own `__post_init__` judges the values, all before any model loads.
+
+    Nothing about the device is decided here (use_cpu, no bf16; the rollout group's vLLM fields
+    are checked by entropic.rollout), so the same config validates on a laptop and a cluster.
+    """
+    fields = trl_field_types()
+    ours = {f.name for f in dataclasses.fields(trainer)} - {"grpo"}
+    prefix, prefix_owner = TRL_PREFIX_SET_ELSEWHERE
+    for name, value in trainer.grpo.items():
+        key = f"trainer.grpo.{name}"
+        owner = (
+            f"trainer.{name}"
+            if name in ours
+            else TRL_FIELDS_SET_ELSEWHERE.get(name)
+            or (prefix_owner if str(name).startswith(prefix) else None)
+        )
+        _require(
+            owner is None,
+            key,
+            f"entropic sets {name} itself, from {owner}",
+            f"drop {key}"
+            + (f" and set {owner}={value}" if owner and owner.startswith("trainer.") else ""),
+        )
+        close = difflib.get_close_matches(str(name), list(fields), n=3)
+        _require(
+            name in fields,
+            key,
+            f"{name!r} is not a trl.GRPOConfig field",
+            (f"did you mean {' or '.join(f'trainer.grpo.{c}' for c in close)}? " if close else "")
+            + "trl.GRPOConfig's documentation lists the fields",
+        )
+        _require(
+            _type_matches(value, fields[name]),
+            key,
+            f"{value!r} is not a {getattr(fields[name], '__name__', fields[name])}",
+            f"e.g. {key}={TYPE_EXAMPLES.get(fields[name], '<value>')}",
+        )
+    from trl import GRPOConfig
+
+    hidden = {name: os.environ.pop(name) for name in LAUNCH_ENVIRONMENT if name in os.environ}
+    try:
+        with warnings.catch_warnings():
+            # TRL's and transformers' deprecation notes belong to the real build, not the check
+            warnings.simplefilter("ignore")
+            GRPOConfig(
+                output_dir=tempfile.gettempdir(),
+                use_cpu=True,
+                bf16=False,
+                report_to="none",
+                **trainer.grpo_arguments(),
+            )
+    except (ValueError, TypeError) as err:
+        message = str(err).rstrip(".")
+        # the keys TRL's message names, by field name or by the value it quotes
+        values = {f"trainer.{n}": getattr(trainer, n) for n in sorted(ours)}
+        values |= {f"trainer.grpo.{n}": value for n, value in trainer.grpo.items()}
+        keys = [
+            key
+            for key, value in values.items()
+            if re.search(rf"\b{key.rsplit('.', 1)[1]}\b", message)
+            or (isinstance(value, str) and len(value) > 2 and value in message)
+        ] or ["trainer"]
+        raise ConfigError(
+            f"{', '.join(keys)}: trl.GRPOConfig refuses these settings: {message}. Fix: change "
+            "the value TRL names (trl.GRPOConfig's documentation says what each field takes)"
+        ) from err
+    finally:
+        os.environ.update(hidden)
+        # the check's GRPOConfig set up accelerate's (single-process, CPU) state; the real one
+        # sets it up again for the run, as every GRPOConfig does
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
 
 
 # A set's name becomes a metric prefix (eval/<set>/accuracy) and an artifact folder.
@@ -637,9 +789,8 @@ class RunConfig:
 def _build(section_type: type, values: dict[str, Any], key: str) -> Any:
     """Build one section; keys the dataclass does not know go to its `options` when it has one."""
     names = {f.name for f in dataclasses.fields(section_type)}
-    for name, value in values.items():
-        # every float key of every section: nan and inf are never a setting
-        _require_finite(value, f"{key}.{name}")
+    # every float of every section, nested ones too: nan and inf are never a setting
+    _require_finite(values, key)
     known = {k: v for k, v in values.items() if k in names}
     extra = {k: v for k, v in values.items() if k not in names}
     if extra and "options" in names:

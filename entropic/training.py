@@ -54,29 +54,10 @@ TRAINER_PREFIX = "train/"
 def build_grpo_config(
     cfg: RunConfig, output_dir: str, device: str, dtype: torch.dtype | str
 ) -> GRPOConfig:
-    t = cfg.trainer
     return GRPOConfig(
+        # the trainer group: our keys under TRL's names, and every trainer.grpo.<field>
+        **cfg.trainer.grpo_arguments(),
         output_dir=output_dir,
-        num_train_epochs=t.epochs,
-        max_steps=t.max_steps,
-        learning_rate=t.learning_rate,
-        beta=t.beta,
-        temperature=t.temperature,
-        top_p=t.top_p,
-        num_generations=t.num_generations,
-        max_completion_length=t.max_completion_length,
-        per_device_train_batch_size=t.per_device_train_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        loss_type=t.loss_type,
-        scale_rewards=t.scale_rewards,
-        adam_beta1=t.adam_beta1,
-        adam_beta2=t.adam_beta2,
-        lr_scheduler_type=t.lr_scheduler_type,
-        warmup_steps=t.warmup_ratio,
-        gradient_checkpointing=t.gradient_checkpointing,
-        logging_steps=t.logging_steps,
-        save_strategy="steps" if t.save_steps > 0 else "no",
-        save_steps=max(t.save_steps, 1),
         # A checkpoint with optimiser state is ~3x the weights; two are enough to resume from.
         save_total_limit=2,
         # Our MlflowMetricsCallback logs to the job's run; transformers' own would open another.
@@ -91,8 +72,6 @@ def build_grpo_config(
         disable_tqdm=False,
         # hf generation, or vLLM colocated / as a server (entropic/rollout.py)
         **grpo_kwargs(cfg.rollout),
-        # anything else of GRPOConfig's, as the user passed it (trainer.grpo.<field>)
-        **t.grpo,
     )
 
 

@@ -168,10 +168,21 @@ def git(*args: str) -> str:
     ).stdout.strip()
 
 
-def test_rejected_config_exits_nonzero_and_leaves_no_run(tmp_path, mlflow_uri):
-    done = cli(["reward.labeled_fraction=1.5"], tmp_path, mlflow_uri)
+@pytest.mark.parametrize(
+    ("overrides", "shown"),
+    [
+        # our own range check
+        (["reward.labeled_fraction=1.5"], "reward.labeled_fraction"),
+        # a pass-through typo, caught by TRL's field list with the close match as the fix
+        (["+trainer.grpo.top_pp=0.9"], "did you mean trainer.grpo.top_p"),
+        # a mix the chosen reward would ignore
+        (["reward=brier", "reward.labeled_fraction=0.5"], "reward=mixed reward.labeled_fraction"),
+    ],
+)
+def test_rejected_config_exits_nonzero_and_leaves_no_run(overrides, shown, tmp_path, mlflow_uri):
+    done = cli(overrides, tmp_path, mlflow_uri)
     assert done.returncode == 2
-    assert "reward.labeled_fraction" in done.stderr and "Fix:" in done.stderr
+    assert shown in done.stderr and "Fix:" in done.stderr
     client = MlflowClient(mlflow_uri)
     experiments = client.search_experiments()
     assert all(not client.search_runs([e.experiment_id]) for e in experiments)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -11,8 +12,10 @@ from omegaconf import OmegaConf
 
 from entropic import models
 from entropic.compute import dotted
-from entropic.config import ConfigError, RunConfig
+from entropic.config import _SECTION_TYPES, ConfigError, RunConfig
 from entropic.job import prepare
+from entropic.rewards import check_parameters
+from entropic.tracking import flatten
 from entropic.training import build_grpo_config
 from tests.conftest import CONF_DIR, compose_config
 
@@ -25,6 +28,8 @@ EXPERIMENTS = sorted(
 def test_every_experiment_composes_and_validates(experiment):
     cfg = compose_config([f"+experiment={experiment}"])
     config = RunConfig.from_hydra(cfg)
+    # why: the reward reads every reward parameter the experiment sets
+    check_parameters(config.reward)
     # why: the MLflow experiment is named after the experiment config
     assert config.tracking.experiment_name == experiment
 
@@ -76,7 +81,7 @@ def test_reference_runs_have_the_reference_settings(
         ("eval.batch_size=nan", "eval.batch_size"),  # a float where an int belongs, and nan
         ("trainer.temperature=inf", "trainer.temperature"),  # passes `> 0`
         ("reward.log_score_floor=nan", "reward.log_score_floor"),
-        ("trainer.top_p=nan", "trainer.top_p"),  # a key with no range check of its own
+        ("+trainer.grpo.top_p=nan", "trainer.grpo.top_p"),  # a pass-through key, TRL checks no nan
         ("generation.name=vllm", "generation.name"),  # a typo lists the engines
     ],
 )
@@ -257,6 +262,135 @@ def test_trainer_grpo_reaches_grpo_config(tmp_path):
     config = RunConfig.from_hydra(compose_config(["+trainer.grpo.max_grad_norm=0.5"]))
     args = build_grpo_config(config, str(tmp_path), "cpu", torch.float32)
     assert args.max_grad_norm == 0.5
+
+
+# The GRPOConfig the default config builds, field by field: conf/trainer/grpo.yaml's values under
+# TRL's names, and TRL's own defaults for the fields the trainer group no longer repeats (they
+# held exactly these values before they became pass-through fields).
+DEFAULT_GRPO_ARGUMENTS = {
+    "num_train_epochs": 1,  # trainer.epochs
+    "num_generations": 8,
+    "learning_rate": 1e-4,  # the LoRA adapter's rate
+    "beta": 0.0,
+    "temperature": 1.0,
+    "max_completion_length": 48,
+    "per_device_train_batch_size": 32,
+    "max_steps": -1,
+    "logging_steps": 1,
+    "save_strategy": "steps",  # trainer.save_steps=50
+    "save_steps": 50,
+    "scale_rewards": "none",
+    "adam_beta1": 0.9,
+    "adam_beta2": 0.95,
+    "lr_scheduler_type": "constant",
+    "warmup_steps": 0.0,  # trainer.warmup_ratio
+    "gradient_checkpointing": False,
+    # TRL's defaults, once copied into our config by hand
+    "top_p": 1.0,
+    "loss_type": "dapo",
+    "gradient_accumulation_steps": 1,
+}
+
+
+def test_the_default_trainer_group_builds_the_same_grpo_config(tmp_path):
+    config = RunConfig.from_hydra(compose_config([]))
+    args = build_grpo_config(config, str(tmp_path), "cpu", torch.float32)
+    got = {key: getattr(args, key) for key in DEFAULT_GRPO_ARGUMENTS}
+    # TrainingArguments turns the enum-valued fields into enums
+    got = {key: getattr(value, "value", value) for key, value in got.items()}
+    assert got == DEFAULT_GRPO_ARGUMENTS
+
+
+def test_save_steps_zero_writes_no_checkpoint(tmp_path):
+    # why: the one meaning of 0, in config.py and conf/trainer/grpo.yaml alike: saving is off
+    config = RunConfig.from_hydra(compose_config(["trainer.save_steps=0"]))
+    args = build_grpo_config(config, str(tmp_path), "cpu", torch.float32)
+    assert getattr(args.save_strategy, "value", args.save_strategy) == "no"
+
+
+def test_pass_through_fields_reach_grpo_config_and_the_params(tmp_path):
+    overrides = ["+trainer.grpo.top_p=0.9", "+trainer.grpo.mask_truncated_completions=true"]
+    cfg = compose_config(overrides)
+    args = build_grpo_config(RunConfig.from_hydra(cfg), str(tmp_path), "cpu", torch.float32)
+    assert (args.top_p, args.mask_truncated_completions) == (0.9, True)
+    # why: MLflow's params are the composed config flattened: the values that ran, by their key
+    params = flatten(OmegaConf.to_container(cfg, resolve=True))
+    assert params["trainer.grpo.top_p"] == "0.9"
+    assert params["trainer.grpo.mask_truncated_completions"] == "True"
+
+
+PASS_THROUGH_CASES = [
+    # (override, the key named, a part of the fix, why)
+    ("+trainer.grpo.top_pp=0.9", "trainer.grpo.top_pp", "trainer.grpo.top_p", "a typo"),
+    (
+        "+trainer.grpo.adam_beta2=0.9",
+        "trainer.grpo.adam_beta2",
+        "set trainer.adam_beta2=0.9",
+        "a key we own cannot be set twice",
+    ),
+    (
+        "+trainer.grpo.num_train_epochs=2",
+        "trainer.grpo.num_train_epochs",
+        "set trainer.epochs=2",
+        "TRL's name for a key we own under another name",
+    ),
+    ("+trainer.grpo.data_seed=3", "trainer.grpo.data_seed", "seed", "the global seed sets it"),
+    (
+        "+trainer.grpo.mask_truncated_completions=yes",
+        "trainer.grpo.mask_truncated_completions",
+        "mask_truncated_completions=true",
+        "TRL's __post_init__ would take the string 'yes' as is",
+    ),
+    (
+        "+trainer.grpo.generation_batch_size=12",
+        "trainer.grpo.generation_batch_size",
+        "TRL names",
+        "refused by TRL's own __post_init__: 12 is no multiple of the global batch of 32",
+    ),
+    (
+        "trainer.lr_scheduler_type=nope",
+        "trainer.lr_scheduler_type",
+        "TRL names",
+        "a key of ours whose value only TRL knows to check",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "fix"),
+    [case[:3] for case in PASS_THROUGH_CASES],
+    ids=[case[3] for case in PASS_THROUGH_CASES],
+)
+def test_trl_judges_the_trainer_group_before_any_model_loads(override, key, fix):
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_hydra(compose_config([override]))
+    message = str(err.value)
+    assert message.startswith(f"{key}:"), message
+    assert fix in message.split("Fix:")[1], message
+
+
+FLOAT_CASES = [
+    # (override, the key named): one or two per section, typed float or not, nested or not
+    ("reward.format_penalty=nan", "reward.format_penalty"),
+    ("reward.labeled_fraction=inf", "reward.labeled_fraction"),
+    ("trainer.beta=-inf", "trainer.beta"),
+    ("trainer.warmup_ratio=nan", "trainer.warmup_ratio"),
+    ("adapter.alpha=inf", "adapter.alpha"),
+    ("adapter.dropout=nan", "adapter.dropout"),
+    ("+rollout.server_timeout=inf", "rollout.server_timeout"),  # a key hf.yaml leaves out
+    ("+semantic.threshold=nan", "semantic.threshold"),  # a clusterer option
+    ("compute.cpu_scale.temperature=nan", "compute.cpu_scale.temperature"),  # nested section
+    ("+trainer.grpo.max_grad_norm=inf", "trainer.grpo.max_grad_norm"),  # a pass-through field
+    ("+data.noise=nan", "data.noise"),  # a loader option
+    ("eval.max_new_tokens=inf", "eval.max_new_tokens"),  # an int key given a float
+]
+
+
+@pytest.mark.parametrize(("override", "key"), FLOAT_CASES)
+def test_every_float_key_refuses_nan_and_infinity(override, key):
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_hydra(compose_config([override]))
+    assert str(err.value).startswith(f"{key}: ") and "not a finite number" in str(err.value)
 
 
 TARGET_MODULE_CASES = [
@@ -467,3 +601,30 @@ def test_the_reasoning_prompt_gets_room_to_reason(tmp_path):
     # why: logged as the values that ran, beside what the config asked for
     assert prepared.changed["trainer.max_completion_length"] == (48, 256)
     assert prepared.changed["eval.max_new_tokens"] == (48, 256)
+
+
+# Keys whose dataclass default is not the default group's value, on purpose.
+DEFAULT_EXCEPTIONS = {
+    # RewardConfig's default is the share of the rules that need every label (brier, rlcr,
+    # log_score); the default group, mixed, sets its own 0.5
+    "reward.labeled_fraction",
+}
+
+
+def test_dataclass_defaults_say_what_the_default_groups_say():
+    # why: a default stated twice drifts (save_steps was 0 in config.py and 50 in the YAML), and
+    # a reader of either file should learn the value that runs
+    config = OmegaConf.to_container(compose_config([]), resolve=True)
+    drifts = []
+    for section, section_type in _SECTION_TYPES.items():
+        for f in dataclasses.fields(section_type):
+            key = f"{section}.{f.name}"
+            if f.name not in config[section] or key in DEFAULT_EXCEPTIONS:
+                continue
+            # None and empty defaults mean "not given" (a model's id, the few-shot turns)
+            default = f.default
+            if default is dataclasses.MISSING or default is None:
+                continue
+            if config[section][f.name] != default:
+                drifts.append((key, default, config[section][f.name]))
+    assert drifts == []
