@@ -105,6 +105,9 @@ class AdapterConfig:
     # modules that get adapters: "all-linear" (peft's name for every linear layer but the head)
     # or a list of module names such as [q_proj, v_proj]
     target_modules: str | list[str] = "all-linear"
+    # adapters on the last N decoder layers only (null: every layer). The backward pass stops at
+    # the lowest adapted layer, so a step costs less, and fewer shared weights move the answers
+    top_layers: int | None = None
 
     def __post_init__(self) -> None:
         _one_of(self.name, ADAPTERS, "adapter.name")
@@ -131,6 +134,20 @@ class AdapterConfig:
             "adapter.target_modules",
             "is empty",
             'adapter.target_modules=all-linear or a list such as "[q_proj,v_proj]"',
+        )
+        top = self.top_layers
+        _require(
+            top is None or (isinstance(top, int) and not isinstance(top, bool) and top > 0),
+            "adapter.top_layers",
+            f"{top} is not a positive number of layers",
+            "adapter.top_layers=8 (the last 8 decoder layers), or adapter.top_layers=null (all)",
+        )
+        _require(
+            top is None or wanted == "all-linear" or not isinstance(wanted, str),
+            "adapter.top_layers",
+            "needs target_modules as all-linear or a list of names (peft cannot combine a "
+            "regular expression with a layer choice)",
+            "adapter.target_modules=all-linear, or put the layers in the regular expression",
         )
 
 

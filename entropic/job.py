@@ -123,7 +123,8 @@ def prepare(cfg: DictConfig) -> Prepared:
             # and its CPU caps join the values logged as what ran
             calibration = CalibrationConfig.from_hydra(cfg, config)
             changed |= calibration.for_device(device, config.compute.cpu_scale is not None)[1]
-        if config.train and config.adapter.target_modules != "all-linear":
+        adapter = config.adapter
+        if config.train and (adapter.target_modules != "all-linear" or adapter.top_layers):
             check_target_modules(config.adapter, models.resolve_checkpoint(config.model))
         clusterer = (
             build_clusterer(config.semantic.method, **config.semantic.options)

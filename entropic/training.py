@@ -75,34 +75,65 @@ def build_grpo_config(
     )
 
 
-def peft_config(adapter: AdapterConfig) -> LoraConfig | None:
+def peft_config(adapter: AdapterConfig, checkpoint: str) -> LoraConfig | None:
     """TRL's `peft_config` for the adapter (None: full fine-tuning)."""
     if adapter.name != "lora":
         return None
+    targets, layers = adapter.target_modules, None
+    if adapter.top_layers is not None:
+        model = meta_model(checkpoint)
+        count = model.config.num_hidden_layers
+        layers = list(range(count - adapter.top_layers, count))
+        # peft takes layers_to_transform only with a list of names, so "all-linear" is spelled out
+        targets = linear_names(model) if targets == "all-linear" else targets
     return LoraConfig(
         r=adapter.rank,
         lora_alpha=adapter.alpha,
         lora_dropout=adapter.dropout,
-        target_modules=adapter.target_modules,
+        target_modules=targets,
+        layers_to_transform=layers,
         task_type="CAUSAL_LM",
     )
 
 
+def meta_model(checkpoint: str) -> nn.Module:
+    """The checkpoint's architecture on the meta device: its modules, no weights (milliseconds)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(checkpoint))
+
+
+def linear_names(model: nn.Module) -> list[str]:
+    """The short names of the model's Linear layers but the output head: peft's "all-linear"."""
+    head = model.get_output_embeddings()
+    return sorted(
+        {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+        - {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if m is head}
+    )
+
+
 def check_target_modules(adapter: AdapterConfig, checkpoint: str) -> None:
-    """Reject LoRA target modules the model does not have, without loading any weights.
+    """Reject LoRA target modules or top layers the model does not have, loading no weights.
 
     The architecture is built on the meta device from the checkpoint's config.json, so this costs
     milliseconds; peft itself would only fail after the weights had loaded. Names are matched by
     peft's own rule (a list entry matches a module's name or its dotted suffix; a string other
     than "all-linear" is a regular expression over the full name).
     """
-    if adapter.name != "lora" or adapter.target_modules == "all-linear":
+    if adapter.name != "lora":
         return
     from peft.tuners.tuners_utils import check_target_module_exists
-    from transformers import AutoConfig, AutoModelForCausalLM
 
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(checkpoint))
+    model = meta_model(checkpoint)
+    count = model.config.num_hidden_layers
+    if adapter.top_layers is not None and adapter.top_layers > count:
+        raise ValueError(
+            f"adapter.top_layers: {adapter.top_layers} is more than the model's {count} decoder "
+            f"layers. Fix: adapter.top_layers={count} or adapter.top_layers=null (every layer)"
+        )
+    if adapter.target_modules == "all-linear":
+        return
     names = [name for name, _ in model.named_modules()]
     wanted = adapter.target_modules
     entries = [wanted] if isinstance(wanted, str) else list(wanted)
@@ -117,9 +148,7 @@ def check_target_modules(adapter: AdapterConfig, checkpoint: str) -> None:
         )
     ]
     if missing:
-        linear = sorted(
-            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-        )
+        linear = linear_names(model)
         kind = "regular expression (a string) matches" if isinstance(wanted, str) else "module is"
         raise ValueError(
             f"adapter.target_modules: no {kind} named by {missing} in this model. Fix: "
@@ -299,7 +328,7 @@ def build_trainer(
         train_dataset=train_dataset,
         processing_class=tokenizer,
         callbacks=callbacks,
-        peft_config=peft_config(cfg.adapter),
+        peft_config=peft_config(cfg.adapter, checkpoint),
         rollout_func=rollout_func(cfg),
     )
 

@@ -54,6 +54,15 @@ def test_lora_trains_exactly_the_adapter_weights(tmp_path):
     assert not any("lm_head" in n or "embed" in n for n in trainable)
 
 
+def test_top_layers_adapts_only_the_last_decoder_layers(tmp_path):
+    trainer, config = tiny_trainer(tmp_path, ["adapter.top_layers=1"])
+    trainable = {n: p.numel() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    # why: the tiny model has 2 decoder layers (0 and 1); the last one alone gets the 7 projections'
+    # A and B, 1024 * rank weights as counted above
+    assert len(trainable) == 7 * 2 and all(".layers.1." in n for n in trainable)
+    assert sum(trainable.values()) == 1024 * config.adapter.rank
+
+
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory):
     """Two LoRA GRPO steps with a checkpoint after each, shared by the tests that read them."""

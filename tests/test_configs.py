@@ -69,6 +69,7 @@ def test_reference_runs_have_the_reference_settings(
         ("adapter.alpha=0", "adapter.alpha"),  # alpha / rank = 0 scales every update away
         ("adapter.dropout=1.0", "adapter.dropout"),  # drops the whole adapter input
         ("adapter.target_modules=[]", "adapter.target_modules"),  # adapters on nothing
+        ("adapter.top_layers=0", "adapter.top_layers"),  # adapters on no layer
         ("reward.format_penalty=nan", "reward.format_penalty"),  # NaN rewards poison advantages
         ("trainer.learning_rate=inf", "trainer.learning_rate"),  # inf passes `> 0`, not finite
         ("trainer.adam_beta2=1.0", "trainer.adam_beta2"),  # the second moment would never move
@@ -460,6 +461,14 @@ def test_prepare_accepts_a_dotted_module_name(tmp_path, embedded_checkpoint):
     # self_attn.q_proj adapts q_proj in every layer (the tiny model takes it: 512 weights at r=2)
     overrides = ["model=tiny_random", "adapter.target_modules=[self_attn.q_proj]"]
     prepare(compose_config(overrides, tmp_path))
+
+
+def test_prepare_rejects_more_top_layers_than_the_model_has(tmp_path, embedded_checkpoint):
+    # why: the tiny model has 2 decoder layers; peft would silently adapt none of a layer 2 or 3
+    prepare(compose_config(["model=tiny_random", "adapter.top_layers=2"], tmp_path))
+    with pytest.raises(ConfigError, match="adapter.top_layers") as err:
+        prepare(compose_config(["model=tiny_random", "adapter.top_layers=3"], tmp_path))
+    assert "adapter.top_layers=2" in str(err.value)
 
 
 def test_a_single_module_name_string_is_rejected_early(tmp_path, embedded_checkpoint):
