@@ -29,8 +29,9 @@ a shared 2-core box move with whatever else runs. Five sections:
    names mlflow): generation (`transformers.generate`), reward (`_calculate_rewards`), the rest of
    `_prepare_inputs` (tokenising, old/reference log-probabilities) and optimisation (the step minus
    `_prepare_inputs`: loss, backward, optimiser). The first step is a warm-up and not averaged.
-   A last variant runs the LoRA bf16 step with rollout=prefix_cache (its generation is TRL's
-   `prefix_cache.generate` timer).
+   The last two variants run the LoRA bf16 step with rollout=prefix_cache (its generation is
+   the `prefix_cache.generate` timer), the second with adapters on the top 8 layers only
+   (`adapter.top_layers=8`: the backward pass stops at the lowest adapted layer).
 4. Reward overhead: each reward (and clusterer) on one step's worth of sampled completions, as a
    share of the fp32 step.
 5. Test-time cost of uncertainty: the model's single greedy answer with its stated confidence
@@ -78,20 +79,28 @@ from entropic.training import build_trainer
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-# GRPO step variants: (dtype, adapter name, trainer fields, rollout backend). The first is the
+# GRPO step variants: (dtype, adapter fields, trainer fields, rollout backend). The first is the
 # baseline of the `vs_first` column: the job as it ran before LoRA (full weights, KL beta 0.04
-# with its reference model, TRL's default gradient checkpointing).
-STEP_VARIANTS: dict[str, tuple[str, str, dict[str, Any], str]] = {
+# with its reference model, TRL's default gradient checkpointing). Every variant names its adapter
+# fields in full, so a change of the defaults in conf/ does not change what a row measures.
+ALL_LAYERS = {"name": "lora", "top_layers": None}
+STEP_VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
     "full fp32, beta 0.04, checkpointing": (
         "fp32",
-        "full",
+        {"name": "full"},
         {"beta": 0.04, "gradient_checkpointing": True},
         "hf",
     ),
-    "full fp32": ("fp32", "full", {}, "hf"),
-    "lora fp32": ("fp32", "lora", {}, "hf"),
-    "lora bf16": ("bf16", "lora", {}, "hf"),
-    "lora bf16, rollout=prefix_cache": ("bf16", "lora", {}, "prefix_cache"),
+    "full fp32": ("fp32", {"name": "full"}, {}, "hf"),
+    "lora fp32": ("fp32", ALL_LAYERS, {}, "hf"),
+    "lora bf16": ("bf16", ALL_LAYERS, {}, "hf"),
+    "lora bf16, rollout=prefix_cache": ("bf16", ALL_LAYERS, {}, "prefix_cache"),
+    "lora bf16, top 8 layers, rollout=prefix_cache": (
+        "bf16",
+        {"name": "lora", "top_layers": 8},
+        {},
+        "prefix_cache",
+    ),
 }
 # TRL's profiling metric names: "profiling/Time taken: GRPOTrainer.<block>"
 PROFILE_PREFIX = "profiling/Time taken: GRPOTrainer."
@@ -337,12 +346,12 @@ def grpo_step(
     experiment_id: str,
 ):
     """Step and per-block times (seconds, mean over steps after the first) of real GRPO steps."""
-    dtype_name, adapter, trainer_fields, rollout = STEP_VARIANTS[variant]
+    dtype_name, adapter_fields, trainer_fields, rollout = STEP_VARIANTS[variant]
     dtype = DTYPES[dtype_name]
     config = replace(
         prepared.config,
         trainer=replace(prepared.config.trainer, max_steps=steps, **trainer_fields),
-        adapter=replace(prepared.config.adapter, name=adapter),
+        adapter=replace(prepared.config.adapter, **adapter_fields),
         rollout=replace(prepared.config.rollout, name=rollout),
     )
     reward = TRLReward(
