@@ -9,21 +9,22 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from entropic.evaluate import METRIC_NAMES
-from entropic.report import (
-    BEHAVIOUR_COLUMNS,
-    BOUNDS,
-    STUDIES,
-    TRANSFER_METRICS,
-    ReportError,
-    find_parents,
-    interval,
-    load_sweep,
-    main,
-    moved_most,
-    percent,
-    write_report,
+from entropic.report import ReportError, main, write_report
+from entropic.report.definition import (
+    DefinitionError,
+    default_studies_dir,
+    load_definition,
+    study_names,
 )
+from entropic.report.labels import label_conditions
+from entropic.report.numbers import BOUNDS, interval, percent
+from entropic.report.runs import find_parents, load_sweep
+from entropic.report.sections import BEHAVIOUR_COLUMNS, TRANSFER_METRICS
+from entropic.report.traces import moved_most
 from entropic.sweeps import SWEEP_TAG
+
+# The studies defined in experiments/<study>/study.yaml.
+STUDIES = study_names(default_studies_dir())
 
 
 @pytest.mark.parametrize(
@@ -360,22 +361,138 @@ def test_sweeps_merge_with_the_newest_run_of_each_condition_and_seed(tmp_path):
     assert alone.superseded == []
 
 
-def test_points_that_differ_in_any_config_value_are_separate_conditions(tmp_path):
-    # why: the key that tells runs apart once had no reward name, so a sweep of brier against
-    # rlcr at one seed marked one run "superseded" by the other; every config value counts now
+# Runs of one sweep at the same seed (0) and labeled share (1.0), and what the report makes of them:
+# (the params each run adds, its accuracy), in start order; the conditions' accuracies; the runs
+# that a newer one of the same condition and seed replaced.
+CONDITION_CASES = [
+    pytest.param(
+        [({"reward.name": "brier"}, 0.10), ({"reward.name": "rlcr"}, 0.20)],
+        [[0.10], [0.20]],
+        [],
+        # why: the key once had no reward name, so brier against rlcr read as one point run twice
+        id="a different reward is another condition",
+    ),
+    pytest.param(
+        [({"reward.name": "brier"}, 0.10), ({"reward.name": "brier"}, 0.30)],
+        [[0.30]],
+        ["lf1.0-seed0-1000"],
+        # why: a point run again (a rerun, a second sweep) counts once, from its newer run
+        id="a rerun of the same point supersedes",
+    ),
+    pytest.param(
+        [
+            ({"reward.name": "brier", "output_dir": "a", "tags.sweep_point": "seed=0"}, 0.10),
+            ({"reward.name": "brier", "output_dir": "b", "tags.sweep_point": "x,seed=0"}, 0.30),
+        ],
+        [[0.30]],
+        ["lf1.0-seed0-1000"],
+        # why: where a run ran and what it was tagged differ between two runs of one point
+        id="bookkeeping params do not separate conditions",
+    ),
+    pytest.param(
+        [({}, 0.10), ({"trainer.new_key": "7"}, 0.30)],
+        [[0.30]],
+        ["lf1.0-seed0-1000"],
+        # why: a key added to the config between two sweeps, with one value, changes nothing
+        id="a key only newer runs logged does not split",
+    ),
+    pytest.param(
+        [
+            ({"reward.name": "brier", "model.name": "a"}, 0.10),
+            ({"reward.name": "brier", "model.name": "b"}, 0.20),
+            ({"reward.name": "rlcr", "model.name": "a"}, 0.30),
+            ({"reward.name": "brier", "model.name": "a"}, 0.40),
+        ],
+        [[0.20], [0.30], [0.40]],
+        ["lf1.0-seed0-1000"],
+        # why: any config value that varies counts, not a hand-kept list of names
+        id="every varying value is part of the condition",
+    ),
+]
+
+
+@pytest.mark.parametrize(("points", "conditions", "superseded"), CONDITION_CASES)
+def test_runs_are_told_apart_by_every_value_that_varies(tmp_path, points, conditions, superseded):
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment_id = client.create_experiment("mix_ratio")
     parent = logged_sweep(
         client,
         experiment_id,
         1_000,
+        [(0, 1.0, accuracy, "FINISHED", more) for more, accuracy in points],
+    )
+    sweep = load_sweep(client, [parent])
+    by_condition: dict[tuple, list[float]] = {}
+    runs = sweep.runs
+    for condition, accuracy in zip(runs["condition"], runs["after/accuracy"], strict=True):
+        by_condition.setdefault(condition, []).append(accuracy)
+    assert sorted(by_condition.values()) == conditions
+    assert [name.split(" ")[0] for name in sweep.superseded] == superseded
+
+
+def test_conditions_that_would_share_a_label_keep_separate_rows(tmp_path):
+    # why: a study names its rows by labeled share; brier and rlcr at the same share must stay
+    # two rows, each named by what tells it apart, rather than one row with both runs as "seeds"
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment_id = client.create_experiment("abundant_ablation")
+    parent = logged_sweep(
+        client,
+        experiment_id,
+        1_000,
         [
-            (0, 1.0, 0.10, "FINISHED", {"reward.name": "brier", "output_dir": "outputs/a"}),
-            (0, 1.0, 0.20, "FINISHED", {"reward.name": "rlcr", "output_dir": "outputs/b"}),
-            # the same point as the first, run again into another folder: superseded
-            (0, 1.0, 0.30, "FINISHED", {"reward.name": "brier", "output_dir": "outputs/c"}),
+            (0, 1.0, 0.10, "FINISHED", {"reward.name": "brier"}),
+            (0, 1.0, 0.20, "FINISHED", {"reward.name": "rlcr"}),
+            (0, 0.5, 0.30, "FINISHED", {"reward.name": "mixed"}),
         ],
     )
-    runs = load_sweep(client, [parent])
-    assert sorted(runs.runs["after/accuracy"]) == [0.20, 0.30]
-    assert [name.split(" ")[0] for name in runs.superseded] == ["lf1.0-seed0-1000"]
+    sweep = load_sweep(client, [parent])
+    groups = label_conditions(
+        sweep.runs, sweep.params, load_definition("abundant_ablation").conditions
+    )
+    accuracies = {label: list(runs["after/accuracy"]) for label, runs in groups.items()}
+    assert accuracies == {
+        "100% Brier (reward.name=brier)": [0.10],
+        "100% Brier (reward.name=rlcr)": [0.20],
+        "50/50 Mixed": [0.30],
+    }
+
+
+def test_every_study_folder_defines_its_study():
+    # why: the report tests above run once per defined study; a folder that lost its study.yaml
+    # must not drop out of them unnoticed
+    assert STUDIES == ["abundant_ablation", "mix_ratio", "rl_vs_prompting", "scarce_collapse"]
+    for name in STUDIES:
+        definition = load_definition(name)
+        assert definition.folder == default_studies_dir() / name
+        assert (definition.folder / "README.md").exists()
+
+
+BROKEN_DEFINITIONS = [
+    # why: a misspelt key is named with the keys that exist
+    ("sectoins: []", "sectoins: unknown key. Fix: use one of"),
+    ("sections: [{kind: histogram}]", "sections[0].kind: unknown section kind 'histogram'"),
+    ("conditions: {runs: some}", "conditions.runs: 'some'. Fix: use one of ('trained', 'all')"),
+    ("conditions: {runs: all, otherwise: '{rewrd}'}", "unknown field 'rewrd'"),
+    ("table: {metrics: {acuracy: A}}", "table.metrics.acuracy: unknown metric"),
+    ("reference: {A: {acc: 0.5}}", "reference.A.acc: unknown key"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), BROKEN_DEFINITIONS)
+def test_a_broken_study_definition_names_the_key_and_the_fix(tmp_path, change, message):
+    from omegaconf import OmegaConf
+
+    good = OmegaConf.load(default_studies_dir() / "mix_ratio" / "study.yaml")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "study.yaml").write_text(
+        OmegaConf.to_yaml(OmegaConf.merge(good, OmegaConf.create(change)))
+    )
+    with pytest.raises(DefinitionError, match="Fix") as raised:
+        load_definition("broken", tmp_path)
+    assert message in str(raised.value)
+    assert "broken/study.yaml" in str(raised.value)
+
+
+def test_a_missing_studies_folder_says_how_to_find_it(tmp_path, capsys):
+    assert main(["mix_ratio", "--studies-dir", str(tmp_path / "nowhere")]) == 2
+    assert "--studies-dir <repository>/experiments" in capsys.readouterr().err
