@@ -210,9 +210,12 @@ def test_a_bad_evaluation_set_exits_before_any_model_and_leaves_no_run(tmp_path,
     assert all(not client.search_runs([e.experiment_id]) for e in client.search_experiments())
 
 
-# The CLI with a data loader that has a bug: it leaks eval questions into training, which
-# entropic.data raises as RuntimeError.
+# `python -m entropic.run` with a data loader that has a bug: it leaks eval questions into
+# training, which entropic.data raises as RuntimeError. (run as __main__, as -m does, so that
+# Hydra finds conf/ beside the entry point)
 CLI_WITH_A_LOADER_BUG = """
+import runpy
+
 import entropic.jobs.context
 
 
@@ -221,9 +224,7 @@ def leaking_loader(*args, **kwargs):
 
 
 entropic.jobs.context.load_questions = leaking_loader
-from entropic.run import main
-
-main()
+runpy.run_module("entropic.run", run_name="__main__", alter_sys=True)
 """
 
 
