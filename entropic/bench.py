@@ -68,7 +68,7 @@ from entropic import models
 from entropic.config import EvalConfig, RewardConfig
 from entropic.evaluate import evaluate
 from entropic.generation import Generated, Sampling, chat_prompt_ids, generate, stop_token_ids
-from entropic.job import Prepared, prepare
+from entropic.jobs.context import RunContext, prepare
 from entropic.metrics import auroc
 from entropic.prompting import add_prompts, build_messages
 from entropic.rewards import TRLReward
@@ -182,7 +182,7 @@ def timed_generate(
     return generated, time.perf_counter() - started
 
 
-def rollout_prompts(prepared: Prepared, args) -> list[list[dict]]:
+def rollout_prompts(prepared: RunContext, args) -> list[list[dict]]:
     """The rollout batch's chat prompts as TRL's RepeatSampler hands them to a generator: each of
     `--rollout-prompts` training questions G times in a row."""
     g = args.num_generations or prepared.config.trainer.num_generations
@@ -190,7 +190,7 @@ def rollout_prompts(prepared: Prepared, args) -> list[list[dict]]:
     return [build_messages(q, prepared.config.prompt) for q in questions for _ in range(g)]
 
 
-def engine_sections(prepared: Prepared, checkpoint, tokenizer, args) -> tuple[list, list]:
+def engine_sections(prepared: RunContext, checkpoint, tokenizer, args) -> tuple[list, list]:
     """Rollout throughput and greedy evaluation of every engine in every dtype, on one model
     per dtype: (rollout rows without vLLM's, evaluation rows)."""
     config = prepared.config
@@ -293,7 +293,7 @@ def vllm_throughput(checkpoint, tokenizer, prompts, max_new_tokens, dtype: str) 
     return {"tokens_per_s": tokens_per_s, "note": f"engine start {engine_start_s:.0f} s"}
 
 
-def rollout_section(prepared: Prepared, checkpoint, tokenizer, args, engine_rows) -> list[dict]:
+def rollout_section(prepared: RunContext, checkpoint, tokenizer, args, engine_rows) -> list[dict]:
     """The engines' rollout rows, vLLM's beside them on the same prompts, ratios to fp32."""
     prompts = rollout_prompts(prepared, args)
     rows = list(engine_rows)
@@ -337,7 +337,7 @@ class StepTimer(TrainerCallback):
 
 
 def grpo_step(
-    prepared: Prepared,
+    prepared: RunContext,
     checkpoint,
     tokenizer,
     variant: str,
@@ -405,7 +405,7 @@ def grpo_step(
     }
 
 
-def grpo_section(prepared: Prepared, checkpoint, tokenizer, args) -> list[dict[str, Any]]:
+def grpo_section(prepared: RunContext, checkpoint, tokenizer, args) -> list[dict[str, Any]]:
     rows = []
     # TRL logs its timers to the active fluent run, in the global store: a throwaway one here,
     # and the caller's store back afterwards.
@@ -432,7 +432,7 @@ def grpo_section(prepared: Prepared, checkpoint, tokenizer, args) -> list[dict[s
 # ------------------------------------------------------------------------------------------------
 
 
-def reward_section(samples: pd.DataFrame, prepared: Prepared, step_s: float) -> list[dict]:
+def reward_section(samples: pd.DataFrame, prepared: RunContext, step_s: float) -> list[dict]:
     """Each reward on one step's worth of completions (as many groups of G as a step holds)."""
     g = prepared.config.trainer.num_generations
     groups = prepared.config.trainer.per_device_train_batch_size // g
@@ -470,7 +470,7 @@ def reward_section(samples: pd.DataFrame, prepared: Prepared, step_s: float) -> 
     return rows
 
 
-def uncertainty_section(prepared: Prepared, checkpoint, tokenizer, args):
+def uncertainty_section(prepared: RunContext, checkpoint, tokenizer, args):
     """Greedy answer + stated confidence vs K samples + semantic entropy, same questions."""
     config = prepared.config
     questions = prepared.splits.eval.select(range(args.uncertainty_questions))

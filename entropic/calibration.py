@@ -4,8 +4,9 @@
     python -m entropic.run +experiment=entropy_platt
     python -m entropic.run -m +experiment=entropy_platt trainer.learning_rate=3e-6,1e-5
 
-The train job (entropic/job.py) calls `add_calibrated_target` after the base model's greedy
-evaluation and before GRPO. The three stages:
+This module is the method: the score cache and Platt scaling, and the checks of the keys they
+depend on. The train job runs it as one stage, `entropic.jobs.calibrated_target`, after the base
+model's greedy evaluation and before GRPO. The three stages:
 
 1. **Score.** K answers per training question are sampled from the base model
    (`entropic.sampling`), and the question's score is the embedding entropy of its answers: the
@@ -52,34 +53,21 @@ import hashlib
 import json
 import logging
 import os
-import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import datasets
-import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.entities import DatasetInput, InputTag
-from omegaconf import DictConfig, OmegaConf
 from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 
-from entropic import models, tracking
-from entropic.compute import Changed
-from entropic.config import RunConfig, _require
-from entropic.evaluate import evaluate
+from entropic import models
+from entropic.config import CalibrationConfig, RunConfig, _require
 from entropic.metrics import auroc, brier_score, expected_calibration_error
-from entropic.plots import reliability_diagram
 from entropic.sampling import sample_answers, score_questions
 from entropic.semantic import build_clusterer
-
-if TYPE_CHECKING:
-    from mlflow.tracking import MlflowClient
-
-    from entropic.job import Prepared
 
 log = logging.getLogger(__name__)
 
@@ -87,95 +75,29 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1
 
 
-@dataclass
-class CalibrationCpuScale:
-    # most held-out questions scored on CPU
-    eval_questions: int
-    # most tokens per sampled answer on CPU
-    max_new_tokens: int
-
-
-@dataclass
-class CalibrationConfig:
-    # calibration method (platt: logistic regression of greedy correctness on the entropy)
-    name: str = "platt"
-    # answers sampled per question for its entropy (K)
-    num_samples: int = 8
-    # sampling temperature of those answers
-    temperature: float = 1.0
-    # most tokens per sampled answer
-    max_new_tokens: int = 48
-    # questions per generate call, each generating num_samples answers
-    batch_size: int = 8
-    # held-out questions scored to judge the calibrated score (at most the eval split)
-    eval_questions: int = 200
-    # equal-width bins of the held-out ECE
-    ece_bins: int = 10
-    # where the score cache lives (None: $ENTROPIC_CACHE/scores)
-    cache_dir: str | None = None
-    # caps applied on CPU (None: never scale)
-    cpu_scale: CalibrationCpuScale | None = None
-
-    def __post_init__(self) -> None:
-        if isinstance(self.cpu_scale, dict):
-            self.cpu_scale = CalibrationCpuScale(**self.cpu_scale)
-        _require(
-            self.name == "platt", "calibration.name", f"unknown method {self.name!r}", "use platt"
-        )
-        _require(
-            self.num_samples >= 2,
-            "calibration.num_samples",
-            f"{self.num_samples} < 2: the entropy of one answer is always 0",
-            "calibration.num_samples=8",
-        )
-        for key in ("max_new_tokens", "batch_size", "eval_questions", "ece_bins"):
-            value = getattr(self, key)
-            _require(value >= 1, f"calibration.{key}", f"{value} must be >= 1", "see conf/")
-        _require(self.temperature > 0, "calibration.temperature", "must be > 0", "e.g. 1.0")
-
-    @classmethod
-    def from_hydra(cls, cfg: DictConfig, config: RunConfig) -> CalibrationConfig:
-        """The `calibration` group, checked together with the keys the pipeline depends on."""
-        raw = cfg.get("calibration")
-        _require(
-            raw is not None,
-            "calibration",
-            f"reward.name={config.reward.name} needs calibrated targets, and no calibration "
-            "method is configured",
-            "run +experiment=entropy_platt (or add calibration=platt)",
-        )
-        _require(
-            config.reward.labeled_fraction > 0,
-            "reward.labeled_fraction",
-            "0 leaves no labeled question to fit Platt scaling on",
-            "e.g. reward.labeled_fraction=0.5",
-        )
-        processes = max(config.compute.num_processes, int(os.environ.get("WORLD_SIZE", "1")))
-        _require(
-            processes == 1,
-            "compute.num_processes",
-            f"the entropy -> Platt targets are computed in one process, not {processes}",
-            "launch without accelerate/torchrun, with compute=single_gpu or compute=cpu",
-        )
-        values: dict[str, Any] = OmegaConf.to_container(raw, resolve=True)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        _require(not unknown, "calibration", f"unknown keys {unknown}", f"use {sorted(names)}")
-        return cls(**values)
-
-    def for_device(self, device: str, scales: bool) -> tuple[CalibrationConfig, Changed]:
-        """The CPU caps applied (when on CPU with a scaling compute profile) and what they changed,
-        (requested, used) by key: the job logs the used values as params (entropic.job.prepare)."""
-        if device != "cpu" or not scales or self.cpu_scale is None:
-            return self, {}
-        changes: Changed = {}
-        capped = {}
-        for key in ("eval_questions", "max_new_tokens"):
-            value, cap = getattr(self, key), getattr(self.cpu_scale, key)
-            if value > cap:
-                changes[f"calibration.{key}"] = (value, cap)
-                capped[key] = cap
-        return dataclasses.replace(self, **capped), changes
+def check_pipeline(config: RunConfig) -> None:
+    """The keys the entropy -> Platt targets depend on, checked before anything loads (the caller
+    knows the reward needs the targets: `entropic.rewards.RewardRule.needs_target`)."""
+    _require(
+        config.calibration is not None,
+        "calibration",
+        f"reward.name={config.reward.name} needs calibrated targets, and no calibration "
+        "method is configured",
+        "run +experiment=entropy_platt (or add calibration=platt)",
+    )
+    _require(
+        config.reward.labeled_fraction > 0,
+        "reward.labeled_fraction",
+        "0 leaves no labeled question to fit Platt scaling on",
+        "e.g. reward.labeled_fraction=0.5",
+    )
+    processes = max(config.compute.num_processes, int(os.environ.get("WORLD_SIZE", "1")))
+    _require(
+        processes == 1,
+        "compute.num_processes",
+        f"the entropy -> Platt targets are computed in one process, not {processes}",
+        "launch without accelerate/torchrun, with compute=single_gpu or compute=cpu",
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -313,136 +235,6 @@ def fit_platt(scores: np.ndarray | pd.Series, correct: np.ndarray | pd.Series) -
     return PlattFit(slope=float(model.coef_[0, 0]), intercept=float(model.intercept_[0]))
 
 
-# --------------------------------------------------------------------------------------------
-# The pipeline, as the train job runs it.
-# --------------------------------------------------------------------------------------------
-
-
-def add_calibrated_target(
-    cfg: DictConfig,
-    prepared: Prepared,
-    checkpoint: str,
-    tokenizer,
-    dtype,
-    base_eval: pd.DataFrame,
-    client: MlflowClient,
-    run_id: str,
-) -> datasets.Dataset:
-    """Score, calibrate, and return `prepared.train` with a `calibrated_target` column.
-
-    `base_eval` is the base model's greedy evaluation of the eval split (one row per question,
-    with `correct` and `confidence`); the held-out questions are judged against it.
-    """
-    started = time.perf_counter()
-    config, device = prepared.config, prepared.device
-    calibration = CalibrationConfig.from_hydra(cfg, config)
-    calibration, _ = calibration.for_device(device, config.compute.cpu_scale is not None)
-    heldout = prepared.splits.eval.select(
-        range(min(calibration.eval_questions, len(prepared.splits.eval)))
-    )
-    model = models.load_model(checkpoint, dtype, device)
-    train_scores, train_path, train_hit = entropy_scores(
-        model, tokenizer, prepared.train, config, calibration, "train"
-    )
-    eval_scores, eval_path, eval_hit = entropy_scores(
-        model, tokenizer, heldout, config, calibration, "eval"
-    )
-    scoring_seconds = time.perf_counter() - started
-
-    labeled = prepared.train.select(np.flatnonzero(prepared.train["labeled"]))
-    _require(
-        len(labeled) > 0,
-        "reward.labeled_fraction",
-        f"{config.reward.labeled_fraction} labels none of the {len(prepared.train)} training "
-        "questions, so there is nothing to fit Platt scaling on",
-        "raise reward.labeled_fraction (or the number of training questions)",
-    )
-    greedy, _ = evaluate(
-        model, tokenizer, labeled, config.prompt, config.eval, config.generation.name
-    )
-    fitted_on = greedy[["question_id", "correct"]].merge(
-        train_scores[["question_id", "embedding_entropy"]], on="question_id", validate="1:1"
-    )
-    fit = fit_platt(fitted_on["embedding_entropy"], fitted_on["correct"])
-    if fit.slope > 0:
-        log.warning(
-            "Platt slope %.3f > 0: on these labeled questions more disagreement went with more "
-            "correct answers; the targets follow the data",
-            fit.slope,
-        )
-
-    targets = train_scores.set_index("question_id").loc[prepared.train["question_id"]]
-    targets = targets.reset_index()[["question_id", "question", "embedding_entropy"]]
-    targets["labeled"] = prepared.train["labeled"]
-    targets["calibrated_target"] = fit.predict(targets["embedding_entropy"])
-    targets = targets.merge(
-        greedy[["question_id", "correct"]].rename(columns={"correct": "greedy_correct"}),
-        on="question_id",
-        how="left",
-    )
-
-    judged = eval_scores[["question_id", "question", "embedding_entropy"]].merge(
-        base_eval[["question_id", "answer", "confidence", "correct"]],
-        on="question_id",
-        validate="1:1",
-    )
-    judged["calibrated_score"] = fit.predict(judged["embedding_entropy"])
-    metrics = {
-        "slope": fit.slope,
-        "intercept": fit.intercept,
-        "labeled_questions": float(len(fitted_on)),
-        "labeled_accuracy": float(fitted_on["correct"].mean()),
-        "target_mean": float(targets["calibrated_target"].mean()),
-        "target_std": float(targets["calibrated_target"].std(ddof=0)),
-        **heldout_metrics(judged, calibration.ece_bins),
-    }
-
-    hits = {"train": train_hit, "eval": eval_hit}
-    tracking.log_tags(
-        client,
-        run_id,
-        {
-            "score_cache": "hit" if all(hits.values()) else "miss",
-            **{f"score_cache.{split}": "hit" if hit else "miss" for split, hit in hits.items()},
-        },
-    )
-    tracking.log_params(
-        client,
-        run_id,
-        {
-            "platt.slope": f"{fit.slope:.6g}",
-            "platt.intercept": f"{fit.intercept:.6g}",
-            "platt.score_cache.train": str(train_path),
-            "platt.score_cache.eval": str(eval_path),
-        },
-    )
-    tracking.log_metrics(client, run_id, metrics, step=0, prefix="platt/")
-    tracking.log_metrics(client, run_id, {"scoring_seconds": scoring_seconds}, 0, "time/")
-    log_score_datasets(
-        client, run_id, {"train": (train_scores, train_path), "eval": (eval_scores, eval_path)}
-    )
-    client.log_table(run_id, targets, "platt/train_targets.json")
-    client.log_table(run_id, judged, "platt/heldout.json")
-    client.log_figure(
-        run_id,
-        reliability_diagram(
-            {
-                "stated confidence (base model)": judged,
-                "Platt(embedding entropy)": judged.assign(confidence=judged["calibrated_score"]),
-            }
-        ),
-        "platt/reliability_heldout.png",
-    )
-    print(
-        f"entropy -> Platt: slope {fit.slope:+.3f}, intercept {fit.intercept:+.3f} on "
-        f"{len(fitted_on)} labeled questions; held-out ECE {metrics['heldout_ece']:.3f} "
-        f"(stated confidence {metrics['heldout_stated_ece']:.3f}), AUROC "
-        f"{metrics['heldout_auroc']:.3f}; score cache: "
-        + ", ".join(f"{split} {'hit' if hit else 'miss'}" for split, hit in hits.items())
-    )
-    return prepared.train.add_column("calibrated_target", targets["calibrated_target"].tolist())
-
-
 def heldout_metrics(judged: pd.DataFrame, n_bins: int) -> dict[str, float]:
     """ECE, Brier and AUROC of the calibrated score, and of the stated confidence where it
     parsed, against the base model's greedy correctness on the held-out questions."""
@@ -465,22 +257,3 @@ def heldout_metrics(judged: pd.DataFrame, n_bins: int) -> dict[str, float]:
             auroc(stated["confidence"], stated["correct"].astype(int)) if len(stated) else nan
         ),
     }
-
-
-def log_score_datasets(
-    client: MlflowClient, run_id: str, splits: dict[str, tuple[pd.DataFrame, Path]]
-) -> None:
-    """Each split's score table as an MLflow dataset input, with the cache file as its source."""
-    inputs = []
-    for split, (table, path) in splits.items():
-        with warnings.catch_warnings():
-            # MLflow registers one local-file source class for both "" and "file" URIs and warns
-            # that a plain path matches both; either reading is the same file.
-            warnings.filterwarnings("ignore", message="The specified dataset source")
-            dataset = mlflow.data.from_pandas(
-                table, source=str(path), name=f"entropy_scores_{split}"
-            )
-        # MlflowClient takes entities; _to_mlflow_entity is how mlflow.log_input builds one.
-        entity = dataset._to_mlflow_entity()
-        inputs.append(DatasetInput(entity, tags=[InputTag("mlflow.data.context", split)]))
-    client.log_inputs(run_id, datasets=inputs)

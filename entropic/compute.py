@@ -41,6 +41,11 @@ SCALED_KEYS = (
     "data.eval_size",
     "generation.name",
 )
+# The optional sections' own caps: each section's cpu_scale caps these keys of it.
+SECTION_CAPS = {
+    "calibration": ("eval_questions", "max_new_tokens"),
+    "study": ("num_questions", "max_new_tokens"),
+}
 
 
 def dotted(config: Any, key: str) -> Any:
@@ -61,6 +66,9 @@ def apply_cpu_scale(cfg: RunConfig, device: str) -> tuple[RunConfig, Changed]:
     """Shrink a run for the CPU; returns the new config and the values it changed, which the job
     logs as the params that ran (with the requested ones as requested.<key>).
 
+    `compute.cpu_scale` caps the training and evaluation keys; the optional `calibration` and
+    `study` sections are capped by their own `cpu_scale` (SECTION_CAPS), and only when the run's
+    compute profile scales at all (compute=single_gpu never does, whatever those sections say).
     The training subset (`compute.cpu_scale.train_questions`) changes no config key: the pool
     `data.train_size` is loaded whole and the job logs the subset as `data.train_questions_used`.
     """
@@ -94,11 +102,26 @@ def apply_cpu_scale(cfg: RunConfig, device: str) -> tuple[RunConfig, Changed]:
     generation = cfg.generation
     if scale.generation is not None:
         generation = dataclasses.replace(generation, name=scale.generation)
+    sections = {name: capped(getattr(cfg, name), keys) for name, keys in SECTION_CAPS.items()}
     scaled = dataclasses.replace(
-        cfg, trainer=trainer, data=data, eval=evaluation, generation=generation
+        cfg, trainer=trainer, data=data, eval=evaluation, generation=generation, **sections
     )
     set_keys = tuple(f"eval.sets.{name}.size" for name in sets)
-    return scaled, changed_values(cfg, scaled, SCALED_KEYS + set_keys)
+    section_keys = tuple(
+        f"{name}.{key}"
+        for name, keys in SECTION_CAPS.items()
+        if sections[name] is not None
+        for key in keys
+    )
+    return scaled, changed_values(cfg, scaled, SCALED_KEYS + set_keys + section_keys)
+
+
+def capped(section: Any, keys: tuple[str, ...]) -> Any:
+    """An optional section with each of `keys` at most its own cpu_scale's cap (None: none)."""
+    if section is None or section.cpu_scale is None:
+        return section
+    caps = {key: min(getattr(section, key), getattr(section.cpu_scale, key)) for key in keys}
+    return dataclasses.replace(section, **caps)
 
 
 def train_questions(cfg: RunConfig, device: str) -> int:

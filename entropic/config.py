@@ -757,6 +757,102 @@ class TrackingConfig:
 
 
 @dataclass
+class CalibrationCpuScale:
+    # most held-out questions scored on CPU
+    eval_questions: int
+    # most tokens per sampled answer on CPU
+    max_new_tokens: int
+
+
+CALIBRATION_METHODS = ("platt",)
+
+
+@dataclass
+class CalibrationConfig:
+    # calibration method (platt: logistic regression of greedy correctness on the entropy)
+    name: str = "platt"
+    # answers sampled per question for its entropy (K)
+    num_samples: int = 8
+    # sampling temperature of those answers
+    temperature: float = 1.0
+    # most tokens per sampled answer
+    max_new_tokens: int = 48
+    # questions per generate call, each generating num_samples answers
+    batch_size: int = 8
+    # held-out questions scored to judge the calibrated score (at most the eval split)
+    eval_questions: int = 200
+    # equal-width bins of the held-out ECE
+    ece_bins: int = 10
+    # where the score cache lives (None: $ENTROPIC_CACHE/scores)
+    cache_dir: str | None = None
+    # caps applied on CPU (None: never scale)
+    cpu_scale: CalibrationCpuScale | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.cpu_scale, dict):
+            self.cpu_scale = CalibrationCpuScale(**self.cpu_scale)
+        _require(
+            self.name in CALIBRATION_METHODS,
+            "calibration.name",
+            f"unknown method {self.name!r}",
+            "use platt",
+        )
+        _require(
+            self.num_samples >= 2,
+            "calibration.num_samples",
+            f"{self.num_samples} < 2: the entropy of one answer is always 0",
+            "calibration.num_samples=8",
+        )
+        for key in ("max_new_tokens", "batch_size", "eval_questions", "ece_bins"):
+            value = getattr(self, key)
+            _require(value >= 1, f"calibration.{key}", f"{value} must be >= 1", "see conf/")
+        _require(self.temperature > 0, "calibration.temperature", "must be > 0", "e.g. 1.0")
+
+
+@dataclass
+class StudyCpuScale:
+    # most questions studied on CPU
+    num_questions: int
+    # most tokens per sampled answer on CPU
+    max_new_tokens: int
+
+
+@dataclass
+class StudyConfig:
+    # answers sampled per question (K)
+    num_samples: int = 8
+    # held-out questions studied, the first ones of the eval split
+    num_questions: int = 150
+    # sampling temperature
+    temperature: float = 1.0
+    # most tokens per sampled answer
+    max_new_tokens: int = 48
+    # questions per generate call, each generating num_samples answers
+    batch_size: int = 8
+    # bootstrap resamples behind each interval
+    bootstrap_resamples: int = 1000
+    # coverage of the bootstrap intervals
+    ci_level: float = 0.95
+    # caps applied on CPU (None: never scale)
+    cpu_scale: StudyCpuScale | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.cpu_scale, dict):
+            self.cpu_scale = StudyCpuScale(**self.cpu_scale)
+        _require(
+            self.num_samples >= 2,
+            "study.num_samples",
+            f"{self.num_samples} < 2: one answer cannot disagree with itself",
+            "study.num_samples=8",
+        )
+        for key in ("num_questions", "max_new_tokens", "batch_size", "bootstrap_resamples"):
+            value = getattr(self, key)
+            _require(value >= 1, f"study.{key}", f"{value} must be >= 1", f"e.g. study.{key}=8")
+        _require(self.temperature > 0, "study.temperature", "must be > 0", "study.temperature=1.0")
+        _require(0 < self.ci_level < 1, "study.ci_level", "must be in (0, 1)", "e.g. 0.95")
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig
     data: DataConfig
@@ -773,11 +869,15 @@ class RunConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     # what GRPO trains: LoRA adapters (the default, as the reference) or every weight
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    # the entropy -> Platt targets of reward.name=calibrated (None: not configured)
+    calibration: CalibrationConfig | None = None
+    # what the stability_study job measures (None: not configured)
+    study: StudyConfig | None = None
     # global seed: data subset, labeled subset, sampling, initialisation
     seed: int = 0
     # False: evaluate only (baselines such as the calibration prompt), no GRPO
     train: bool = True
-    # which job entropic.job.JOBS runs: train (the default) or a study
+    # which job entropic.jobs.JOBS runs: train (the default) or a study
     job: str = "train"
     # free-form tags recorded on the MLflow run
     tags: dict[str, str] = field(default_factory=dict)
@@ -795,6 +895,9 @@ class RunConfig:
         # rate is reported under the key the user set
         for f in sorted(dataclasses.fields(cls), key=lambda f: f.name != "adapter"):
             if f.name not in raw:
+                continue
+            if raw[f.name] is None and f.default is None:
+                # an optional section switched off (calibration: null, study: null)
                 continue
             section_type = _SECTION_TYPES.get(f.name)
             sections[f.name] = (
@@ -835,4 +938,6 @@ _SECTION_TYPES: dict[str, type] = {
     "rollout": RolloutConfig,
     "generation": GenerationConfig,
     "adapter": AdapterConfig,
+    "calibration": CalibrationConfig,
+    "study": StudyConfig,
 }

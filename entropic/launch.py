@@ -19,7 +19,7 @@ with CUDA_VISIBLE_DEVICES set to the training GPUs, and stops the server when th
 or is interrupted (Ctrl-C, or SIGTERM from SLURM). Every rank gets the same resolved job folder
 (`${now:}` would differ per rank) and the same overrides, so all ranks compose the same config.
 The ranks see WORLD_SIZE in their environment (accelerate and torchrun set it) and train instead
-of launching again; rank 0 alone talks to MLflow (entropic/job.py). Because the check is on
+of launching again; rank 0 alone talks to MLflow (entropic/jobs/train.py). Because the check is on
 WORLD_SIZE, `accelerate launch -m entropic.run compute=multi_gpu ...` by hand works too.
 """
 

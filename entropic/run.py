@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from entropic import launch
 from entropic.config import ConfigError
-from entropic.job import run
+from entropic.jobs import run
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

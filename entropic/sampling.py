@@ -1,6 +1,6 @@
 """Sample K answers per question and score each question's group of answers.
 
-The stability study (`entropic/study.py`) and the entropy -> Platt pipeline
+The stability study (`entropic/jobs/stability_study.py`) and the entropy -> Platt pipeline
 (`entropic/calibration.py`) both start here:
 
 * `sample_answers` draws K completions per question with a generation engine

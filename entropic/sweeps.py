@@ -9,7 +9,7 @@ A sweep is a primary config in `sweeps/` (see `sweeps/common/sweep.yaml`), run a
 `MlflowSweepCallback` is the Hydra callback those configs install. Before the first job it creates
 the parent run in the sweep's MLflow experiment (`tracking.experiment_name`), records the grid as
 params, and hands the run id to the jobs through the environment variable `PARENT_RUN_ENV`, which
-`conf/tracking/mlflow.yaml` reads into `tracking.parent_run_id`; `entropic.job` then opens each
+`conf/tracking/mlflow.yaml` reads into `tracking.parent_run_id`; `entropic.jobs` then opens each
 job's run as a child (the `mlflow.parentRunId` tag), so the MLflow UI nests and compares them. The
 id also goes to `<sweep dir>/mlflow_parent_run_id.txt`.
 
@@ -108,8 +108,8 @@ def final_status(child_statuses: list[str], sweep_completed: bool) -> str:
 
 
 def sweep_points(runs: list[Run]) -> tuple[pd.DataFrame, str]:
-    """One row per finished child that logged before/* (entropic.job): its condition, position
-    `x`, seed and before/after metrics; and the name of the x axis.
+    """One row per finished child that logged before/* (entropic.jobs.train): its condition,
+    position `x`, seed and before/after metrics; and the name of the x axis.
 
     A condition is the child's sweep point without its seed and without what every point shares.
     When the points differ in one numeric key (reward.labeled_fraction), x is its value; else x

@@ -48,9 +48,9 @@ PARAM_BATCH = 100
 ARTIFACTS_SUFFIX = "-artifacts"
 # Where a value the run changed from the config (the CPU caps) keeps the value that was asked for.
 REQUESTED_PREFIX = "requested."
-# The three single-value metric groups of the held-out evaluation (entropic.job): the base model
-# at step 0, the trained model at the last step, and after - before. Single values, because the
-# runs table and the compare view show a metric's latest value only.
+# The three single-value metric groups of the held-out evaluation (entropic.jobs.train): the base
+# model at step 0, the trained model at the last step, and after - before. Single values, because
+# the runs table and the compare view show a metric's latest value only.
 STAGES = ("before", "after", "change")
 # Decimals of those single values: a table cell shows 0.1727 where 0.17272727272727273 would be
 # cut off (an evaluation on 200 questions moves accuracy in steps of 0.005); eval/* keeps all.

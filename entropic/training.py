@@ -36,7 +36,7 @@ from entropic.tracking import log_evaluation, log_metrics
 TRAINER_NAMES: dict[str, str | None] = {
     # the mean training loss over the whole run, logged once at the end; train/loss is per step
     "train_loss": "train/mean_loss",
-    # the same span as time/train_seconds, which entropic.job measures around trainer.train()
+    # the same span as time/train_seconds, which entropic.jobs.train measures around trainer.train()
     "train_runtime": None,
     # 1 / time/seconds_per_step
     "train_steps_per_second": None,

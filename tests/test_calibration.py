@@ -13,10 +13,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 from scipy.special import expit
 
-from entropic.calibration import CalibrationConfig, fit_platt, score_key, score_path
+from entropic.calibration import fit_platt, score_key, score_path
+from entropic.compute import apply_cpu_scale
 from entropic.config import ConfigError, RunConfig
 from entropic.data import load_questions
-from entropic.job import prepare, run
+from entropic.jobs import run
+from entropic.jobs.context import prepare
 from tests.conftest import compose_config
 
 
@@ -53,7 +55,7 @@ def test_platt_targets_keep_separable_and_one_class_fits_finite():
 def _key_after(tmp_path, overrides, split="train", questions=None):
     cfg = compose_config(["+experiment=entropy_platt", *overrides], tmp_path)
     config = RunConfig.from_hydra(cfg)
-    calibration = CalibrationConfig.from_hydra(cfg, config)
+    calibration = config.calibration
     if questions is None:
         questions = load_questions("geo", train_size=20, eval_size=5, seed=0).train
     return score_path(calibration, score_key(config, calibration, split, questions))
@@ -113,19 +115,30 @@ def test_prepare_accepts_the_experiment(tmp_path):
     assert sum(prepared.train["labeled"]) == round(0.5 * len(prepared.train))
 
 
+def calibration_caps(changes: dict) -> dict:
+    return {key: pair for key, pair in changes.items() if key.startswith("calibration.")}
+
+
 def test_cpu_caps_apply_only_on_cpu():
-    calibration = CalibrationConfig(cpu_scale={"eval_questions": 100, "max_new_tokens": 32})
-    scaled, changes = calibration.for_device("cpu", scales=True)
-    assert (scaled.eval_questions, scaled.max_new_tokens) == (100, 32)
+    # conf/calibration/platt.yaml: cpu_scale {eval_questions: 100, max_new_tokens: 32}
+    config = RunConfig.from_hydra(compose_config(["+experiment=entropy_platt", "compute=cpu"]))
+    calibration = config.calibration
+    scaled, changes = apply_cpu_scale(config, "cpu")
+    assert (scaled.calibration.eval_questions, scaled.calibration.max_new_tokens) == (100, 32)
     # (requested, used): the job logs the used value as the param, the other as requested.*
-    assert changes == {
+    assert calibration_caps(changes) == {
         "calibration.eval_questions": (200, 100),
         "calibration.max_new_tokens": (48, 32),
     }
-    assert calibration.for_device("cuda", scales=True) == (calibration, {})
+    scaled, changes = apply_cpu_scale(config, "cuda")
+    assert (scaled.calibration, changes) == (calibration, {})
     # compute=single_gpu has no cpu_scale: it never scales
-    assert calibration.for_device("cpu", scales=False) == (calibration, {})
-    assert dataclasses.replace(calibration, cpu_scale=None).for_device("cpu", True)[1] == {}
+    never = dataclasses.replace(config, compute=dataclasses.replace(config.compute, cpu_scale=None))
+    scaled, changes = apply_cpu_scale(never, "cpu")
+    assert (scaled.calibration, changes) == (calibration, {})
+    uncapped = dataclasses.replace(calibration, cpu_scale=None)
+    uncapped = dataclasses.replace(config, calibration=uncapped)
+    assert calibration_caps(apply_cpu_scale(uncapped, "cpu")[1]) == {}
 
 
 # Easy and hard capitals, so the base model is right on some and wrong on others.

@@ -16,7 +16,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from entropic import models
+from entropic.config import ConfigError
 from entropic.evaluate import SUMMARY_NAMES
+from tests.conftest import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,15 +39,20 @@ SMOKE = [
 
 
 def cli(
-    args: list[str], tmp_path: Path, uri: str, timeout: int = 900
+    args: list[str],
+    tmp_path: Path,
+    uri: str,
+    timeout: int = 900,
+    entry: tuple[str, ...] = ("-m", "entropic.run"),
 ) -> subprocess.CompletedProcess:
-    """`python -m entropic.run <args>` into tmp_path/run and the MLflow store at uri."""
+    """`python -m entropic.run <args>` (or `python <entry> <args>`) into tmp_path/run and the
+    MLflow store at uri."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "HF_HUB_OFFLINE": "1"}
     # A job of its own, not a rank: this pytest process may itself run under a launcher.
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     return subprocess.run(
-        [sys.executable, "-m", "entropic.run", *args, f"hydra.run.dir={tmp_path / 'run'}"],
+        [sys.executable, *entry, *args, f"hydra.run.dir={tmp_path / 'run'}"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -212,3 +219,48 @@ def test_a_bad_evaluation_set_exits_before_any_model_and_leaves_no_run(tmp_path,
     assert "eval.sets.mine.path=/nonexistent/q.jsonl does not exist" in done.stderr
     client = MlflowClient(mlflow_uri)
     assert all(not client.search_runs([e.experiment_id]) for e in client.search_experiments())
+
+
+# `python -m entropic.run` with a data loader that has a bug: it leaks eval questions into
+# training, which entropic.data raises as RuntimeError. (run as __main__, as -m does, so that
+# Hydra finds conf/ beside the entry point)
+CLI_WITH_A_LOADER_BUG = """
+import runpy
+
+import entropic.jobs.context
+
+
+def leaking_loader(*args, **kwargs):
+    raise RuntimeError("data=geo: train and eval share question_ids ['q1']")
+
+
+entropic.jobs.context.load_questions = leaking_loader
+runpy.run_module("entropic.run", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_a_bug_exits_with_its_traceback_not_as_a_rejected_config(tmp_path, mlflow_uri):
+    # why: exit 2 without a traceback says "your config is wrong, here is the fix"; a bug must
+    # show where it happened instead, and must not be filed as bad input
+    done = cli([], tmp_path, mlflow_uri, entry=("-c", CLI_WITH_A_LOADER_BUG))
+    assert done.returncode not in (0, 2), done.stderr[-3000:]
+    assert "RuntimeError: data=geo: train and eval share question_ids" in done.stderr
+    assert "Traceback" in done.stderr and "leaking_loader" in done.stderr
+    assert "Fix:" not in done.stderr
+
+
+def test_a_bug_in_an_open_run_ends_it_failed(tmp_path, mlflow_uri, monkeypatch):
+    # why: a run left RUNNING (or FINISHED) by a crash would read as a result in the MLflow UI
+    from entropic.jobs import run, train
+
+    def broken_evaluation(*args, **kwargs):
+        raise RuntimeError("a bug in the base evaluation")
+
+    monkeypatch.setattr(train, "evaluate_base", broken_evaluation)
+    cfg = compose_config([*SMOKE, f"tracking.tracking_uri={mlflow_uri}"], tmp_path)
+    with pytest.raises(RuntimeError, match="a bug in the base evaluation") as err:
+        run(cfg)
+    assert not isinstance(err.value, ConfigError)
+    client = MlflowClient(mlflow_uri)
+    (failed,) = client.search_runs([client.get_experiment_by_name("default").experiment_id])
+    assert failed.info.status == "FAILED"

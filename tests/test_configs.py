@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from entropic import models
 from entropic.compute import dotted
 from entropic.config import _SECTION_TYPES, ConfigError, RunConfig
-from entropic.job import prepare
+from entropic.jobs.context import prepare
 from entropic.rewards import check_parameters
 from entropic.tracking import flatten
 from entropic.training import build_grpo_config
@@ -135,13 +135,27 @@ def test_a_loader_bug_is_not_reported_as_bad_input(tmp_path, monkeypatch):
     # why: only rejected input exits 2 without a traceback; a bug (here: a loader whose eval
     # questions leak into training, which data/__init__.py raises as RuntimeError) must keep its
     # type and traceback so the run ends FAILED, not "bad config"
-    import entropic.job
+    import entropic.jobs.context
 
     def leaking_loader(*args, **kwargs):
         raise RuntimeError("data=geo: train and eval share question_ids ['q1']")
 
-    monkeypatch.setattr(entropic.job, "load_questions", leaking_loader)
+    monkeypatch.setattr(entropic.jobs.context, "load_questions", leaking_loader)
     with pytest.raises(RuntimeError) as err:
+        prepare(compose_config([], tmp_path))
+    assert not isinstance(err.value, ConfigError)
+
+
+def test_a_value_error_outside_the_input_checks_is_a_bug_too(tmp_path, monkeypatch):
+    # why: ValueError is what the input checks and the data sources raise for bad input, but
+    # code past them (here the labeled mask) that raises one has a bug: it must not exit 2
+    import entropic.jobs.context
+
+    def broken_mask(*args, **kwargs):
+        raise ValueError("a bug in the labeled mask")
+
+    monkeypatch.setattr(entropic.jobs.context, "mark_labeled", broken_mask)
+    with pytest.raises(ValueError, match="a bug in the labeled mask") as err:
         prepare(compose_config([], tmp_path))
     assert not isinstance(err.value, ConfigError)
 

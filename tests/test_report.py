@@ -297,8 +297,9 @@ def test_report_is_written_and_logged_to_the_parent_run(reports, smoke_runs, smo
 
 
 def logged_sweep(client: MlflowClient, experiment_id: str, started: int, points) -> str:
-    """A sweep as entropic.sweeps and entropic.job leave it in MLflow: a parent run, and a child
-    per point with the params the report reads and eval/* before (step 0) and after (step 4)."""
+    """A sweep as entropic.sweeps and entropic.jobs.train leave it in MLflow: a parent run, and a
+    child per point with the params the report reads and eval/* before (step 0) and after (step
+    4)."""
     parent = client.create_run(experiment_id, start_time=started, tags={SWEEP_TAG: "mix_ratio"})
     for i, (seed, fraction, accuracy, status, *more) in enumerate(points, start=1):
         child = client.create_run(

@@ -14,8 +14,9 @@ import torch
 from mlflow.tracking import MlflowClient
 from transformers import TrainerCallback
 
-from entropic import job
+from entropic import jobs
 from entropic.config import ConfigError
+from entropic.jobs import train
 from tests.conftest import compose_config
 
 TINY = [
@@ -67,14 +68,14 @@ def tiny_config(folder, mlflow_uri: str, max_steps: int, save_steps: int):
 
 def with_callback(monkeypatch, callback: TrainerCallback) -> None:
     """Every trainer the job builds gets the callback."""
-    build = job.build_trainer
+    build = train.build_trainer
 
     def build_with_callback(*args, **kwargs):
         trainer = build(*args, **kwargs)
         trainer.add_callback(callback)
         return trainer
 
-    monkeypatch.setattr(job, "build_trainer", build_with_callback)
+    monkeypatch.setattr(train, "build_trainer", build_with_callback)
 
 
 def steps(client: MlflowClient, run_id: str, name: str) -> list[int]:
@@ -92,7 +93,7 @@ def test_ctrl_c_after_a_checkpoint_resumes_from_it_in_the_same_run(
     cfg = tiny_config(tmp_path / "run", mlflow_uri, max_steps=3, save_steps=1)
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
         with_callback(patch, CtrlC(step=1))
-        job.run(cfg)
+        jobs.run(cfg)
     client = MlflowClient(mlflow_uri)
     killed = only_run(client)
     assert killed.info.status == "KILLED"
@@ -102,7 +103,7 @@ def test_ctrl_c_after_a_checkpoint_resumes_from_it_in_the_same_run(
 
     start = TrainStart()
     with_callback(monkeypatch, start)
-    result = job.run(cfg)
+    result = jobs.run(cfg)
     finished = only_run(client)
     assert result.run_id == finished.info.run_id == killed.info.run_id
     assert finished.info.status == "FINISHED"
@@ -124,12 +125,12 @@ def test_ctrl_c_before_the_first_checkpoint_trains_again_in_the_same_run(
     cfg = tiny_config(tmp_path / "run", mlflow_uri, max_steps=1, save_steps=0)
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
         with_callback(patch, CtrlC(step=None))
-        job.run(cfg)
+        jobs.run(cfg)
     client = MlflowClient(mlflow_uri)
     killed = only_run(client)
     assert killed.info.status == "KILLED"
 
-    result = job.run(cfg)
+    result = jobs.run(cfg)
     # why: the killed run is reopened and finished, not left KILLED beside a new one
     finished = only_run(client)
     assert result.run_id == finished.info.run_id == killed.info.run_id
@@ -142,12 +143,12 @@ def test_ctrl_c_before_the_first_checkpoint_trains_again_in_the_same_run(
 
 def test_a_finished_run_is_left_untouched(tmp_path, mlflow_uri, capsys, embedded_checkpoint):
     cfg = tiny_config(tmp_path / "run", mlflow_uri, max_steps=1, save_steps=1)
-    first = job.run(cfg)
+    first = jobs.run(cfg)
     client = MlflowClient(mlflow_uri)
     before = client.get_run(first.run_id)
     capsys.readouterr()
 
-    again = job.run(cfg)
+    again = jobs.run(cfg)
     after = only_run(client)
     # why: it has checkpoint-1, but reopening it would log the final evaluation a second time
     assert steps(client, first.run_id, "eval/accuracy") == [0, 1]
@@ -164,9 +165,9 @@ def test_a_folder_whose_run_is_not_in_the_store_is_rejected(
 ):
     # tiny and one step: before this check, the job would have trained into a new run
     cfg = tiny_config(tmp_path, mlflow_uri, max_steps=1, save_steps=0)
-    (tmp_path / job.RUN_ID_FILE).write_text("0123456789abcdef0123456789abcdef")
+    (tmp_path / train.RUN_ID_FILE).write_text("0123456789abcdef0123456789abcdef")
     with pytest.raises(ConfigError) as err:
-        job.run(cfg)
+        jobs.run(cfg)
     assert "output_dir" in str(err.value) and "Fix:" in str(err.value)
     client = MlflowClient(mlflow_uri)
     assert all(not client.search_runs([e.experiment_id]) for e in client.search_experiments())

@@ -19,7 +19,7 @@ import torch
 
 from entropic import rollout
 from entropic.config import ConfigError, RunConfig
-from entropic.job import prepare
+from entropic.jobs.context import prepare
 from entropic.training import build_grpo_config
 from tests.conftest import compose_config
 from tests.test_training import tiny_trainer

@@ -12,9 +12,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from sklearn.metrics import roc_auc_score
 
-from entropic.config import ConfigError
-from entropic.job import run
-from entropic.study import ESTIMATORS, StudyConfig, estimator_table
+from entropic.compute import apply_cpu_scale
+from entropic.config import ConfigError, RunConfig
+from entropic.estimators import ESTIMATORS, estimator_table
+from entropic.jobs import run
 from tests.conftest import compose_config
 from tests.test_calibration import write_questions
 
@@ -95,12 +96,15 @@ def test_study_job_without_a_study_config_says_how_to_fix_it(tmp_path):
 
 
 def test_cpu_caps_apply_only_on_cpu():
-    study = StudyConfig(cpu_scale={"num_questions": 100, "max_new_tokens": 32})
-    scaled, changes = study.for_device("cpu", scales=True)
-    assert (scaled.num_questions, scaled.max_new_tokens) == (100, 32)
+    # conf/study/stability.yaml: cpu_scale {num_questions: 100, max_new_tokens: 32}
+    config = RunConfig.from_hydra(compose_config(["+experiment=stability_study", "compute=cpu"]))
+    scaled, changes = apply_cpu_scale(config, "cpu")
+    assert (scaled.study.num_questions, scaled.study.max_new_tokens) == (100, 32)
     # (requested, used): the job logs the used value as the param, the other as requested.*
-    assert changes == {"study.num_questions": (150, 100), "study.max_new_tokens": (48, 32)}
-    assert study.for_device("cuda", scales=True) == (study, {})
+    study_caps = {key: pair for key, pair in changes.items() if key.startswith("study.")}
+    assert study_caps == {"study.num_questions": (150, 100), "study.max_new_tokens": (48, 32)}
+    scaled, changes = apply_cpu_scale(config, "cuda")
+    assert (scaled.study, changes) == (config.study, {})
 
 
 def test_study_end_to_end(tmp_path, mlflow_uri, embedded_checkpoint):

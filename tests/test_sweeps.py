@@ -256,7 +256,7 @@ def test_parallel_jobs_writing_one_sqlite_store_lose_nothing(tmp_path):
 
 def logged_children(client: MlflowClient, points: list[tuple[str, str, float | None]]):
     """A parent and one child per (sweep point, status, after/accuracy), as entropic.sweeps and
-    entropic.job leave them: before/* and after/* (None: the point did not train)."""
+    entropic.jobs.train leave them: before/* and after/* (None: the point did not train)."""
     experiment_id = tracking.get_or_create_experiment(client, "sweep")
     parent = tracking.create_run(client, "sweep", "parent", {"sweep": "sweep"})
     for point, status, accuracy in points:

@@ -110,7 +110,7 @@ def test_two_grpo_steps_on_a_tiny_model_change_the_weights(tmp_path, embedded_ch
         # why: a per-step metric keeps TRL's name under train/
         ({"loss": 0.1, "entropy": 2.0}, None, {"train/loss": 0.1, "train/entropy": 2.0}),
         # why: the run's mean loss is not the per-step train/loss; its runtime is time/train_seconds
-        # (entropic.job), its steps per second 1 / time/seconds_per_step, its FLOPs always 0
+        # (entropic.jobs.train), its steps per second 1 / time/seconds_per_step, its FLOPs always 0
         (
             {"train_loss": 0.2, "train_runtime": 9.0, "train_steps_per_second": 0.2}
             | {"total_flos": 0.0, "train_samples_per_second": 1.5},

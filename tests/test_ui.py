@@ -46,8 +46,9 @@ def test_the_printed_command_opens_the_store_the_run_went_to(uri, cwd, expected)
 
 
 def logged_runs(uri: str) -> dict[str, str]:
-    """Two experiments with a run each, as entropic.job leaves them (single-value before/after/
-    change metrics, the runs view); the second is the newer. Returns name -> experiment id."""
+    """Two experiments with a run each, as entropic.jobs.train leaves them (single-value
+    before/after/change metrics, the runs view); the second is the newer. Returns name ->
+    experiment id."""
     client = tracking.get_client(uri)
     ids = {}
     for name, accuracy in (("older", 0.2), ("newer", 0.3)):

@@ -16,7 +16,7 @@ Words, as this package uses them:
 - *study*: a folder `experiments/<study>/` that reproduces one table or figure of the reference
   write-up: its README (question, commands, findings) and its definition (`study.yaml`: the sweep
   it reads, its conditions, the reference's numbers, its sections). Not the `stability_study`
-  job (`entropic/study.py`, `conf/study/`), which is a kind of run.
+  job (`entropic/jobs/stability_study.py`, `conf/study/`), which is a kind of run.
 - *sweep*: `sweeps/<sweep>.yaml`, a Hydra multirun; in MLflow, one parent run in the MLflow
   experiment named after the sweep, with one child run per point.
 - *point*: one child run's config: a condition and a seed.

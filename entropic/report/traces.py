@@ -1,6 +1,6 @@
 """Traces: per condition, the questions whose stated confidence moved most in one run.
 
-Read from the before and after prediction tables every training run logs (entropic.job), so a
+Read from the before and after prediction tables every training run logs (entropic.jobs.train), so a
 reader sees what the numbers mean answer by answer.
 """
 
@@ -18,7 +18,7 @@ from entropic.report.runs import SweepRuns
 TRACES_PER_CONDITION = 5
 # Characters of reasoning shown per answer in the traces (prompt=reasoning).
 REASONING_CHARS = 400
-# The prediction tables every training run logs (entropic.job).
+# The prediction tables every training run logs (entropic.jobs.train).
 PREDICTIONS = {"before": "predictions/before.json", "after": "predictions/after.json"}
 
 

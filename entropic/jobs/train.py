@@ -1,8 +1,12 @@
-"""One experiment end to end: validate -> evaluate base model -> GRPO -> evaluate -> MLflow.
+"""The train job: evaluate the base model -> GRPO -> evaluate again, all in one MLflow run.
 
-`run(cfg)` is what `python -m entropic.run` calls after Hydra composes the config, and what the
-tests call. Everything that can be wrong with a config is checked before any model loads, and no
-MLflow run is created for a config that is rejected.
+    python -m entropic.run +experiment=scarce_mixed
+    python -m entropic.run +experiment=prompting_baseline        # train: false, evaluation only
+
+Every evaluation set (the held-out split and `eval.sets`) is evaluated greedily on the base model
+and logged at step 0, then, when `train` is true, GRPO trains on the training questions and the
+sets are evaluated again. With `reward.name=calibrated` the entropy -> Platt targets are made
+between the two (entropic.jobs.calibrated_target).
 
 Rerunning a job's folder (`hydra.run.dir=<folder>`) reopens the MLflow run that folder's job
 opened, whatever stopped it: training resumes from the newest checkpoint, or starts again from
@@ -11,10 +15,9 @@ step 0 if there is none. A FINISHED run is left untouched.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -26,45 +29,28 @@ from mlflow.entities import Run, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
-from omegaconf import DictConfig
 from transformers.integrations import is_deepspeed_zero3_enabled
 
-from entropic import models, rollout, tracking
-from entropic.calibration import CalibrationConfig, add_calibrated_target
-from entropic.compute import (
-    Changed,
-    apply_cpu_scale,
-    changed_values,
-    resolve_device,
-    train_questions,
-)
+from entropic import models, tracking
+from entropic.compute import Changed
 from entropic.config import ConfigError, RunConfig
-from entropic.data import (
-    QuestionSplits,
-    check_source,
-    load_eval_questions,
-    load_questions,
-    rows_to_dataset,
-)
 from entropic.evaluate import (
     BEHAVIOUR,
     HELD_OUT,
     SUMMARY_NAMES,
     behaviour_table,
-    check_sets,
     evaluate_sets,
     figure_path,
-    load_sets,
     metric_prefix,
     predictions_path,
     summarize,
 )
+from entropic.jobs import calibrated_target
+from entropic.jobs.context import RunContext, RunResult, log_run_config, open_run
 from entropic.plots import reliability_diagram
-from entropic.prompting import FITTED_KEYS, add_prompts, fit_completion_length
-from entropic.rewards import TRLReward, check_parameters, get_rule, mark_labeled
-from entropic.semantic import build_clusterer
-from entropic.study import stability_study
-from entropic.training import build_trainer, check_target_modules, last_checkpoint
+from entropic.prompting import add_prompts
+from entropic.rewards import TRLReward, get_rule
+from entropic.training import build_trainer, last_checkpoint
 from entropic.ui import closing_line
 
 log = logging.getLogger(__name__)
@@ -72,115 +58,16 @@ log = logging.getLogger(__name__)
 RUN_ID_FILE = "mlflow_run_id.txt"
 
 
-@dataclass
-class RunResult:
-    run_id: str
-    # eval/* of the held-out split before and after training ({} when it did not train)
-    before: dict[str, float]
-    after: dict[str, float]
-    output_dir: str
-    seconds: float
-    # each other evaluation set (eval.sets): its name -> {"before": metrics, "after": metrics}
-    sets: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
-
-
-@dataclass
-class Prepared:
-    """Everything checked and loaded that needs no model weights."""
-
-    config: RunConfig
-    device: str
-    # the values the CPU caps changed, (requested, used) by key: logged as the params that ran
-    changed: Changed
-    splits: QuestionSplits
-    train: datasets.Dataset
-    clusterer: Callable | None
-    # the other evaluation sets (eval.sets), by name
-    sets: dict[str, datasets.Dataset] = field(default_factory=dict)
-
-    def eval_sets(self) -> dict[str, datasets.Dataset]:
-        """Every set the run evaluates, the held-out split first."""
-        return {HELD_OUT: self.splits.eval, **self.sets}
-
-
-def prepare(cfg: DictConfig) -> Prepared:
-    """Validate the config and load the questions; fails fast, before any model or MLflow run."""
-    try:
-        requested = config = RunConfig.from_hydra(cfg)
-        rule = get_rule(config.reward.name)
-        models.check_source(config.model)
-        check_source(config.data.name, **config.data.options)
-        check_sets(config.eval)
-        device = resolve_device(config.compute)
-        config, changed = apply_cpu_scale(requested, device)
-        config = fit_completion_length(config)
-        # what the prompt needed replaces the capped value: the params are the values used
-        changed = {**changed, **changed_values(requested, config, FITTED_KEYS)}
-        rollout.check(config, device)
-        check_parameters(config.reward)
-        if rule.needs_target:
-            # the entropy -> Platt targets are made in train_job; their config is checked now,
-            # and its CPU caps join the values logged as what ran
-            calibration = CalibrationConfig.from_hydra(cfg, config)
-            changed |= calibration.for_device(device, config.compute.cpu_scale is not None)[1]
-        adapter = config.adapter
-        if config.train and (adapter.target_modules != "all-linear" or adapter.top_layers):
-            check_target_modules(config.adapter, models.resolve_checkpoint(config.model))
-        clusterer = (
-            build_clusterer(config.semantic.method, **config.semantic.options)
-            if rule.needs_stability
-            else None
-        )
-        if config.train or rule.needs_target:
-            # (the entropy -> Platt targets are made on the training pool even with train: false)
-            splits = load_questions(
-                config.data.name,
-                train_size=config.data.train_size,
-                eval_size=config.data.eval_size,
-                seed=config.seed,
-                **config.data.options,
-            )
-        else:
-            # an evaluation-only job needs no training pool: a small file of one's own will do
-            splits = QuestionSplits(
-                train=rows_to_dataset([]),
-                eval=load_eval_questions(
-                    config.data.name, eval_size=config.data.eval_size, **config.data.options
-                ),
-            )
-        n_train = train_questions(config, device)
-        train = splits.train.shuffle(seed=config.seed).select(
-            range(min(n_train, len(splits.train)))
-        )
-        train = mark_labeled(train, config.reward.labeled_fraction, config.seed)
-        sets = load_sets(config.eval, set(train["question_id"]))
-    except (ValueError, FileNotFoundError, ConnectionError) as err:
-        # One exception type for every rejected input, so the CLI prints it without a traceback.
-        # A RuntimeError is a bug (a loader that leaks eval questions into training, say): it
-        # keeps its traceback and the run is not reported as bad input.
-        raise err if isinstance(err, ConfigError) else ConfigError(str(err)) from err
-    return Prepared(config, device, changed, splits, train, clusterer, sets)
-
-
-def run(cfg: DictConfig) -> RunResult:
-    """Run the job the config names (`job: train` unless an experiment says otherwise)."""
-    name = cfg.get("job", "train")
-    if name not in JOBS:
-        raise ConfigError(f"job: unknown job {name!r}. Fix: use one of {sorted(JOBS)}")
-    return JOBS[name](cfg)
-
-
-def train_job(cfg: DictConfig) -> RunResult:
+def run(context: RunContext) -> RunResult:
     """Evaluate the base model, train with GRPO (unless `train: false`), evaluate again."""
-    started = time.perf_counter()
-    prepared = prepare(cfg)
-    config, device = prepared.config, prepared.device
-    output_dir = Path(config.output_dir)
+    config, device, output_dir = context.config, context.device, context.output_dir
     output_dir.mkdir(parents=True, exist_ok=True)
     # A rerun of the folder continues the MLflow run an earlier job there opened: from its newest
     # checkpoint, or from step 0 when it was stopped before the first one.
     earlier = earlier_run(config.tracking.tracking_uri, output_dir)
-    resume_from = last_checkpoint(str(output_dir)) if earlier else None
+    context = dataclasses.replace(
+        context, resume_from=last_checkpoint(str(output_dir)) if earlier else None
+    )
     # Initialised here with the job's device, so a CPU launch gets gloo; GRPOTrainer reuses it.
     # The timeout is transformers' ddp_timeout: the other ranks wait while rank 0 evaluates.
     state = PartialState(cpu=device == "cpu", timeout=timedelta(seconds=1800))
@@ -191,68 +78,47 @@ def train_job(cfg: DictConfig) -> RunResult:
                 "(to train again, run it in a new folder)"
             )
         client = tracking.get_client(config.tracking.tracking_uri)
-        return logged_result(client, earlier, output_dir, time.perf_counter() - started)
+        return logged_result(client, earlier, output_dir, context.seconds())
     if not state.is_main_process:
-        train_on_other_rank(prepared, output_dir, resume_from)
-        return RunResult("", {}, {}, str(output_dir), time.perf_counter() - started)
+        train_on_other_rank(context)
+        return RunResult("", {}, {}, str(output_dir), context.seconds())
     if earlier:
-        print(reopening_note(earlier, output_dir, resume_from, config.train))
+        print(reopening_note(earlier, output_dir, context.resume_from, config.train))
 
-    client = tracking.get_client(config.tracking.tracking_uri)
     tags = {
-        "experiment": config.tracking.experiment_name,
         "reward": config.reward.name,
         "labeled_fraction": str(config.reward.labeled_fraction),
-        "model": config.model.name,
-        "data": config.data.name,
-        "prompt": config.prompt.name,
-        "device": device,
         "trained": str(config.train),
-        **config.tags,
     }
-    with tracking.mlflow_run(
-        client,
-        config.tracking.experiment_name,
-        config.tracking.run_name,
-        tags,
-        resume_run_id=earlier.info.run_id if earlier else None,
-        parent_run_id=config.tracking.parent_run_id,
-    ) as run_id:
+    resume_run_id = earlier.info.run_id if earlier else None
+    with open_run(context, tags, resume_run_id) as context:
+        client, run_id = context.run.client, context.run.run_id
         (output_dir / RUN_ID_FILE).write_text(run_id)
         # a reopened run has its config already (and evaluate_base reuses its step-0 evaluation)
         if not earlier:
-            tracking.log_config(client, run_id, cfg, prepared.changed)
-            tracking.log_params(
-                client,
-                run_id,
+            log_run_config(
+                context,
                 {
-                    "device": device,
                     "model.resolved_dtype": models.dtype_name(config.model, device),
-                    "data.train_questions_used": str(len(prepared.train)),
-                    "data.eval_questions_used": str(len(prepared.splits.eval)),
+                    "data.train_questions_used": len(context.train),
+                    "data.eval_questions_used": len(context.splits.eval),
                     **{
-                        f"eval.sets.{name}.questions_used": str(len(questions))
-                        for name, questions in prepared.sets.items()
+                        f"eval.sets.{name}.questions_used": len(questions)
+                        for name, questions in context.sets.items()
                     },
                 },
             )
-        checkpoint = models.resolve_checkpoint(config.model)
-        tokenizer = models.load_tokenizer(checkpoint)
-        dtype = models.torch_dtype(config.model, device)
-        before = evaluate_base(
-            prepared, checkpoint, tokenizer, dtype, client, run_id, resumed=bool(earlier)
-        )
+        before = evaluate_base(context, resumed=bool(earlier))
         if get_rule(config.reward.name).needs_target:
-            prepared.train = add_calibrated_target(
-                cfg, prepared, checkpoint, tokenizer, dtype, before[HELD_OUT][0], client, run_id
+            # the one place the training questions change: they gain their calibrated targets
+            context = dataclasses.replace(
+                context, train=calibrated_target.add(context, before[HELD_OUT][0])
             )
         after: dict[str, tuple[pd.DataFrame, dict[str, float]]] = {}
         if config.train:
-            trainer = train(
-                prepared, checkpoint, tokenizer, dtype, client, run_id, resume_from, output_dir
-            )
+            trainer = train(context)
             after, seconds = evaluate_run_sets(
-                trainer.model, tokenizer, config, prepared.eval_sets()
+                trainer.model, context.policy.tokenizer, config, context.eval_sets()
             )
             log_evaluations(client, run_id, after, seconds, trainer.state.global_step)
         summaries = log_summaries(client, run_id, before, after)
@@ -263,7 +129,7 @@ def train_job(cfg: DictConfig) -> RunResult:
         tracking.log_tags(
             client,
             run_id,
-            {MLFLOW_RUN_NOTE: description(config, summaries[HELD_OUT], prepared.changed)},
+            {MLFLOW_RUN_NOTE: description(config, summaries[HELD_OUT], context.changed)},
         )
         print_summary(config, summaries, run_id, client.tracking_uri)
     metrics = {
@@ -272,12 +138,7 @@ def train_job(cfg: DictConfig) -> RunResult:
     }
     held_out = metrics.pop(HELD_OUT)
     return RunResult(
-        run_id,
-        held_out["before"],
-        held_out["after"],
-        str(output_dir),
-        time.perf_counter() - started,
-        metrics,
+        run_id, held_out["before"], held_out["after"], str(output_dir), context.seconds(), metrics
     )
 
 
@@ -342,12 +203,12 @@ def evaluate_run_sets(model, tokenizer, config: RunConfig, sets: dict[str, datas
     return evaluate_sets(model, tokenizer, sets, config.prompt, config.eval, config.generation.name)
 
 
-def evaluate_base(prepared, checkpoint, tokenizer, dtype, client, run_id, resumed: bool):
+def evaluate_base(context: RunContext, resumed: bool):
     """Greedy evaluation of the untrained model on every evaluation set, logged at step 0
     (reused when resuming). Returns set name -> (prediction table, metrics)."""
-    config = prepared.config
+    config, client, run_id = context.config, context.run.client, context.run.run_id
     results, pending = {}, {}
-    for name, questions in prepared.eval_sets().items():
+    for name, questions in context.eval_sets().items():
         saved = before_table_path(config, name)
         if resumed and saved.exists():
             table = pd.read_parquet(saved)
@@ -355,9 +216,9 @@ def evaluate_base(prepared, checkpoint, tokenizer, dtype, client, run_id, resume
         else:
             pending[name] = questions
     if pending:
-        model = models.load_model(checkpoint, dtype, prepared.device)
+        model = context.policy.load_model()
         log.info("Evaluating the base model on %s", {n: len(q) for n, q in pending.items()})
-        fresh, seconds = evaluate_run_sets(model, tokenizer, config, pending)
+        fresh, seconds = evaluate_run_sets(model, context.policy.tokenizer, config, pending)
         for name, (table, _) in fresh.items():
             table.to_parquet(before_table_path(config, name))
         log_evaluations(client, run_id, fresh, seconds, step=0)
@@ -366,7 +227,7 @@ def evaluate_base(prepared, checkpoint, tokenizer, dtype, client, run_id, resume
             metrics = fresh[HELD_OUT][1]
             tracking.log_stage(client, run_id, "before", {n: metrics[n] for n in SUMMARY_NAMES})
         results.update(fresh)
-    return {name: results[name] for name in prepared.eval_sets()}
+    return {name: results[name] for name in context.eval_sets()}
 
 
 def before_table_path(config: RunConfig, name: str) -> Path:
@@ -384,37 +245,39 @@ def log_evaluations(client, run_id, results, seconds: float, step: int) -> None:
         client.log_table(run_id, table, predictions_path(name, "before" if step == 0 else "after"))
 
 
-def train(prepared, checkpoint, tokenizer, dtype, client, run_id, resume_from, output_dir):
+def train(context: RunContext):
     """GRPO on the training subset; logs the wall time of training (time/*) next to TRL's own
-    metrics (TRL's mean loss is train/mean_loss, entropic.training.TRAINER_NAMES)."""
-    config = prepared.config
+    metrics (TRL's mean loss is train/mean_loss, entropic.training.TRAINER_NAMES). Without an
+    open run (a rank > 0) nothing is logged."""
+    config, policy, tracked = context.config, context.policy, context.run
+    client, run_id = (tracked.client, tracked.run_id) if tracked else (None, None)
     reward = TRLReward(
-        config.reward, config.trainer.num_generations, prepared.clusterer, config.prompt.format
+        config.reward, config.trainer.num_generations, context.clusterer, config.prompt.format
     )
     periodic = config.eval.periodic_size
     trainer = build_trainer(
         config,
-        checkpoint,
-        tokenizer,
-        add_prompts(prepared.train, config.prompt),
+        policy.checkpoint,
+        policy.tokenizer,
+        add_prompts(context.train, config.prompt),
         [reward],
-        str(output_dir),
-        prepared.device,
-        dtype,
+        str(context.output_dir),
+        context.device,
+        policy.dtype,
         client,
         run_id,
         periodic_questions={
             name: questions.select(range(min(periodic, len(questions))))
-            for name, questions in prepared.eval_sets().items()
+            for name, questions in context.eval_sets().items()
             if name == HELD_OUT or config.eval.sets[name].periodic
         },
     )
-    on_gpu = prepared.device == "cuda"
+    on_gpu = context.device == "cuda"
     if on_gpu:
         # the peak of training alone, not of the base evaluation before it
         torch.cuda.reset_peak_memory_stats()
     train_started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume_from)
+    trainer.train(resume_from_checkpoint=context.resume_from)
     seconds = time.perf_counter() - train_started
     step = trainer.state.global_step
     timing = {"train_seconds": seconds, "seconds_per_step": seconds / max(step, 1)}
@@ -434,22 +297,19 @@ def gpu_memory() -> dict[str, float]:
     }
 
 
-def train_on_other_rank(prepared: Prepared, output_dir: Path, resume_from: str | None) -> None:
+def train_on_other_rank(context: RunContext) -> None:
     """Rank > 0 of a multi-process launch: train in step with rank 0, leave MLflow to it.
 
     Every rank generates its share of the rollouts and calls the reward, whose group stability
     gathers across ranks. Evaluation is rank 0's, except under ZeRO-3, where the weights are
     sharded and every rank must take part in rank 0's generation after training.
     """
-    config = prepared.config
+    config = context.config
     if not config.train:
         return
-    checkpoint = models.resolve_checkpoint(config.model)
-    tokenizer = models.load_tokenizer(checkpoint)
-    dtype = models.torch_dtype(config.model, prepared.device)
-    trainer = train(prepared, checkpoint, tokenizer, dtype, None, None, resume_from, output_dir)
+    trainer = train(context)
     if is_deepspeed_zero3_enabled():
-        evaluate_run_sets(trainer.model, tokenizer, config, prepared.eval_sets())
+        evaluate_run_sets(trainer.model, context.policy.tokenizer, config, context.eval_sets())
 
 
 def summary_table(before: dict[str, float], after: dict[str, float]) -> pd.DataFrame:
@@ -516,10 +376,3 @@ def print_summary(
         print(f"\n-- {shown} --")
         print(table.to_string(float_format=lambda v: f"{v:+.3f}" if v < 0 else f"{v:.3f}"))
     print(closing_line(run_id, uri))
-
-
-# Every kind of job `python -m entropic.run` can run; experiments choose one with `job: <name>`.
-JOBS: dict[str, Callable[[DictConfig], RunResult]] = {
-    "train": train_job,
-    "stability_study": stability_study,
-}
