@@ -179,7 +179,11 @@ def test_impossible_gpu_splits_name_the_keys(visible, vllm_gpus, num_processes):
         (["compute=zero3", "rollout=prefix_cache"], None),
         # ...unless told not to gather
         (
-            ["compute=zero3", "rollout=prefix_cache", "+trainer.grpo.ds3_gather_for_generation=0"],
+            [
+                "compute=zero3",
+                "rollout=prefix_cache",
+                "+trainer.grpo.ds3_gather_for_generation=false",
+            ],
             "trainer.grpo.ds3_gather_for_generation",
         ),
     ],
