@@ -638,10 +638,22 @@ class CpuScale:
     set_questions: int | None = None
     # engine of evaluation and sampled answers on CPU (None: generation.name as configured)
     generation: str | None = None
+    # GRPO rollout backend on CPU in place of rollout=hf (None: rollout.name as configured)
+    rollout: str | None = None
+    # LoRA adapters on at most the last N decoder layers on CPU (None: adapter.top_layers)
+    top_layers: int | None = None
 
     def __post_init__(self) -> None:
         if self.generation is not None:
             _one_of(self.generation, GENERATION_ENGINES, "compute.cpu_scale.generation")
+        if self.rollout is not None:
+            _one_of(self.rollout, ("hf", "prefix_cache"), "compute.cpu_scale.rollout")
+        _require(
+            self.top_layers is None or self.top_layers > 0,
+            "compute.cpu_scale.top_layers",
+            "must be > 0",
+            "e.g. 8 (the last 8 decoder layers), or null for adapter.top_layers",
+        )
         _require(
             self.temperature is None or self.temperature > 0,
             "compute.cpu_scale.temperature",

@@ -190,8 +190,9 @@ CPU_CAPS = {
     # the out-of-domain sets (eval.sets) at compute.cpu_scale.set_questions
     "eval.sets.elements.size": (300, 100),
     "eval.sets.arithmetic.size": (300, 100),
-    # the prefix-cached engine for every evaluation on CPU
+    # the prefix-cached engine for every evaluation on CPU, and for the GRPO rollouts
     "generation.name": ("hf", "prefix_cache"),
+    "rollout.name": ("hf", "prefix_cache"),
 }
 
 
@@ -218,13 +219,34 @@ CPU_CAPS = {
         ),
         # why: a value already under its cap is not a change; no cpu_scale changes nothing
         (["+experiment=scarce_mixed", "compute=cpu", "compute.cpu_scale=null"], {}),
+        # why: a layer cap adapts the last 8 of every layer (null), and is a change that ran
+        (
+            ["+experiment=scarce_mixed", "compute=cpu", "compute.cpu_scale.top_layers=8"],
+            {**CPU_CAPS, "adapter.top_layers": (None, 8)},
+        ),
+        # why: 4 layers asked for are already under a cap of 8; full fine-tuning has no layers
+        (
+            ["+experiment=scarce_mixed", "compute=cpu", "compute.cpu_scale.top_layers=8"]
+            + ["adapter.top_layers=4"],
+            CPU_CAPS,
+        ),
+        (
+            ["+experiment=scarce_mixed", "compute=cpu", "compute.cpu_scale.top_layers=8"]
+            + ["adapter=full"],
+            CPU_CAPS,
+        ),
+        # why: rollout=prefix_cache asked for is no change; null keeps transformers' generate
+        (
+            ["+experiment=scarce_mixed", "compute=cpu", "compute.cpu_scale.rollout=null"],
+            {key: pair for key, pair in CPU_CAPS.items() if key != "rollout.name"},
+        ),
     ],
 )
 def test_prepare_reports_each_value_the_cpu_caps_change(overrides, changed, tmp_path):
     prepared = prepare(compose_config(overrides, tmp_path))
     assert prepared.changed == changed
     for key, (_, used) in changed.items():
-        if key.split(".")[0] in ("trainer", "data", "eval", "generation"):
+        if key.split(".")[0] in ("trainer", "data", "eval", "generation", "rollout", "adapter"):
             # why: the params log these values as what ran; the run must have run with them
             assert dotted(prepared.config, key) == used
 
