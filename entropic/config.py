@@ -94,8 +94,8 @@ class AdapterConfig:
     # what GRPO trains: lora (peft adapters, as the reference's Tinker runs) | full (every weight)
     name: str = "lora"
     # AdamW learning rate that suits this adapter (trainer.learning_rate defaults to it; LoRA's
-    # 1e-4 is ~10x full fine-tuning's, conf/adapter/)
-    learning_rate: float = 1.0e-4
+    # 2e-4 is 20x full fine-tuning's, experiments/lora_recipe/)
+    learning_rate: float = 2.0e-4
     # LoRA rank r
     rank: int = 32
     # LoRA scale alpha (the update is scaled by alpha / rank)
@@ -105,8 +105,8 @@ class AdapterConfig:
     # modules that get adapters: "all-linear" (peft's name for every linear layer but the head)
     # or a list of module names such as [q_proj, v_proj]
     target_modules: str | list[str] = "all-linear"
-    # adapters on the last N decoder layers only (null: every layer). The backward pass stops at
-    # the lowest adapted layer, so a step costs less, and fewer shared weights move the answers
+    # adapters on the last N decoder layers only (null, or N >= the model's layers: every layer).
+    # The backward pass stops at the lowest adapted layer, so a step costs less
     top_layers: int | None = None
 
     def __post_init__(self) -> None:

@@ -83,7 +83,9 @@ def peft_config(adapter: AdapterConfig, checkpoint: str) -> LoraConfig | None:
     if adapter.top_layers is not None:
         model = meta_model(checkpoint)
         count = model.config.num_hidden_layers
-        layers = list(range(count - adapter.top_layers, count))
+        # a count at or above the model's adapts every layer: the CPU profile's cap of 8 leaves
+        # a 2-layer test model whole
+        layers = list(range(max(count - adapter.top_layers, 0), count))
         # peft takes layers_to_transform only with a list of names, so "all-linear" is spelled out
         targets = linear_names(model) if targets == "all-linear" else targets
     return LoraConfig(
@@ -114,7 +116,7 @@ def linear_names(model: nn.Module) -> list[str]:
 
 
 def check_target_modules(adapter: AdapterConfig, checkpoint: str) -> None:
-    """Reject LoRA target modules or top layers the model does not have, loading no weights.
+    """Reject LoRA target modules the model does not have, without loading any weights.
 
     The architecture is built on the meta device from the checkpoint's config.json, so this costs
     milliseconds; peft itself would only fail after the weights had loaded. Names are matched by
@@ -125,15 +127,9 @@ def check_target_modules(adapter: AdapterConfig, checkpoint: str) -> None:
         return
     from peft.tuners.tuners_utils import check_target_module_exists
 
-    model = meta_model(checkpoint)
-    count = model.config.num_hidden_layers
-    if adapter.top_layers is not None and adapter.top_layers > count:
-        raise ValueError(
-            f"adapter.top_layers: {adapter.top_layers} is more than the model's {count} decoder "
-            f"layers. Fix: adapter.top_layers={count} or adapter.top_layers=null (every layer)"
-        )
     if adapter.target_modules == "all-linear":
         return
+    model = meta_model(checkpoint)
     names = [name for name, _ in model.named_modules()]
     wanted = adapter.target_modules
     entries = [wanted] if isinstance(wanted, str) else list(wanted)

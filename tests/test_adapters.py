@@ -63,6 +63,14 @@ def test_top_layers_adapts_only_the_last_decoder_layers(tmp_path):
     assert sum(trainable.values()) == 1024 * config.adapter.rank
 
 
+def test_more_top_layers_than_the_model_has_adapts_every_layer(tmp_path):
+    # why: the CPU profile caps LoRA at the top 8 layers; on the 2-layer tiny model that is all
+    trainer, config = tiny_trainer(tmp_path, ["adapter.top_layers=8"])
+    trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert len(trainable) == 7 * 2 * 2
+    assert {".layers.0." in n for n in trainable} == {True, False}
+
+
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory):
     """Two LoRA GRPO steps with a checkpoint after each, shared by the tests that read them."""

@@ -156,8 +156,7 @@ def prepare(cfg: DictConfig) -> RunContext:
     with rejected_input():
         rollout.check(config, device)
     policy = Policy(config.model, device)
-    adapter = config.adapter
-    if config.train and (adapter.target_modules != "all-linear" or adapter.top_layers):
+    if config.train and config.adapter.target_modules != "all-linear":
         with rejected_input():
             check_target_modules(config.adapter, policy.checkpoint)
     clusterer = checked_clusterer(config) if rule.needs_stability else None
