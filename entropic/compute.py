@@ -41,7 +41,6 @@ SCALED_KEYS = (
     "data.eval_size",
     "generation.name",
     "rollout.name",
-    "adapter.top_layers",
 )
 # The optional sections' own caps: each section's cpu_scale caps these keys of it.
 SECTION_CAPS = {
@@ -108,10 +107,6 @@ def apply_cpu_scale(cfg: RunConfig, device: str) -> tuple[RunConfig, Changed]:
     # only transformers' generate is replaced: a vLLM backend asked for on CPU keeps its own error
     if scale.rollout is not None and rollout.name == "hf":
         rollout = dataclasses.replace(rollout, name=scale.rollout)
-    adapter = cfg.adapter
-    if scale.top_layers is not None and adapter.name == "lora":
-        top = min(adapter.top_layers or scale.top_layers, scale.top_layers)
-        adapter = dataclasses.replace(adapter, top_layers=top)
     sections = {name: capped(getattr(cfg, name), keys) for name, keys in SECTION_CAPS.items()}
     scaled = dataclasses.replace(
         cfg,
@@ -120,7 +115,6 @@ def apply_cpu_scale(cfg: RunConfig, device: str) -> tuple[RunConfig, Changed]:
         eval=evaluation,
         generation=generation,
         rollout=rollout,
-        adapter=adapter,
         **sections,
     )
     set_keys = tuple(f"eval.sets.{name}.size" for name in sets)

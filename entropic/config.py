@@ -94,8 +94,8 @@ class AdapterConfig:
     # what GRPO trains: lora (peft adapters, as the reference's Tinker runs) | full (every weight)
     name: str = "lora"
     # AdamW learning rate that suits this adapter (trainer.learning_rate defaults to it; LoRA's
-    # 2e-4 is 20x full fine-tuning's, experiments/lora_recipe/)
-    learning_rate: float = 2.0e-4
+    # 1e-4 is ~10x full fine-tuning's, experiments/lora_recipe/)
+    learning_rate: float = 1.0e-4
     # LoRA rank r
     rank: int = 32
     # LoRA scale alpha (the update is scaled by alpha / rank)
@@ -640,20 +640,12 @@ class CpuScale:
     generation: str | None = None
     # GRPO rollout backend on CPU in place of rollout=hf (None: rollout.name as configured)
     rollout: str | None = None
-    # LoRA adapters on at most the last N decoder layers on CPU (None: adapter.top_layers)
-    top_layers: int | None = None
 
     def __post_init__(self) -> None:
         if self.generation is not None:
             _one_of(self.generation, GENERATION_ENGINES, "compute.cpu_scale.generation")
         if self.rollout is not None:
             _one_of(self.rollout, ("hf", "prefix_cache"), "compute.cpu_scale.rollout")
-        _require(
-            self.top_layers is None or self.top_layers > 0,
-            "compute.cpu_scale.top_layers",
-            "must be > 0",
-            "e.g. 8 (the last 8 decoder layers), or null for adapter.top_layers",
-        )
         _require(
             self.temperature is None or self.temperature > 0,
             "compute.cpu_scale.temperature",

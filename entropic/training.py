@@ -83,8 +83,7 @@ def peft_config(adapter: AdapterConfig, checkpoint: str) -> LoraConfig | None:
     if adapter.top_layers is not None:
         model = meta_model(checkpoint)
         count = model.config.num_hidden_layers
-        # a count at or above the model's adapts every layer: the CPU profile's cap of 8 leaves
-        # a 2-layer test model whole
+        # a count at or above the model's adapts every layer
         layers = list(range(max(count - adapter.top_layers, 0), count))
         # peft takes layers_to_transform only with a list of names, so "all-linear" is spelled out
         targets = linear_names(model) if targets == "all-linear" else targets

@@ -64,7 +64,7 @@ def test_top_layers_adapts_only_the_last_decoder_layers(tmp_path):
 
 
 def test_more_top_layers_than_the_model_has_adapts_every_layer(tmp_path):
-    # why: the CPU profile caps LoRA at the top 8 layers; on the 2-layer tiny model that is all
+    # why: "the last 8 layers" of a 2-layer model are both of them, not an error
     trainer, config = tiny_trainer(tmp_path, ["adapter.top_layers=8"])
     trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
     assert len(trainable) == 7 * 2 * 2

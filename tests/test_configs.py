@@ -193,8 +193,6 @@ CPU_CAPS = {
     # the prefix-cached engine for every evaluation on CPU, and for the GRPO rollouts
     "generation.name": ("hf", "prefix_cache"),
     "rollout.name": ("hf", "prefix_cache"),
-    # LoRA on the top 8 layers only
-    "adapter.top_layers": (None, 8),
 }
 
 
@@ -221,20 +219,6 @@ CPU_CAPS = {
         ),
         # why: a value already under its cap is not a change; no cpu_scale changes nothing
         (["+experiment=scarce_mixed", "compute=cpu", "compute.cpu_scale=null"], {}),
-        # why: 4 layers asked for are already under the cap of 8; full fine-tuning has no layers
-        (
-            ["+experiment=scarce_mixed", "compute=cpu", "adapter.top_layers=4"],
-            {key: pair for key, pair in CPU_CAPS.items() if key != "adapter.top_layers"},
-        ),
-        (
-            ["+experiment=scarce_mixed", "compute=cpu", "adapter=full"],
-            {key: pair for key, pair in CPU_CAPS.items() if key != "adapter.top_layers"},
-        ),
-        # why: a wider layer cap still caps every layer (null) to its count
-        (
-            ["+experiment=scarce_mixed", "compute=cpu", "compute.cpu_scale.top_layers=12"],
-            {**CPU_CAPS, "adapter.top_layers": (None, 12)},
-        ),
         # why: rollout=prefix_cache asked for is no change; null keeps transformers' generate
         (
             ["+experiment=scarce_mixed", "compute=cpu", "compute.cpu_scale.rollout=null"],
@@ -246,7 +230,7 @@ def test_prepare_reports_each_value_the_cpu_caps_change(overrides, changed, tmp_
     prepared = prepare(compose_config(overrides, tmp_path))
     assert prepared.changed == changed
     for key, (_, used) in changed.items():
-        if key.split(".")[0] in ("trainer", "data", "eval", "generation", "rollout", "adapter"):
+        if key.split(".")[0] in ("trainer", "data", "eval", "generation", "rollout"):
             # why: the params log these values as what ran; the run must have run with them
             assert dotted(prepared.config, key) == used
 
@@ -307,7 +291,7 @@ def test_trainer_grpo_reaches_grpo_config(tmp_path):
 DEFAULT_GRPO_ARGUMENTS = {
     "num_train_epochs": 1,  # trainer.epochs
     "num_generations": 8,
-    "learning_rate": 2e-4,  # the LoRA adapter's rate
+    "learning_rate": 1e-4,  # the LoRA adapter's rate
     "beta": 0.0,
     "temperature": 1.0,
     "max_completion_length": 48,
