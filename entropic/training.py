@@ -109,8 +109,11 @@ def linear_names(model: nn.Module) -> list[str]:
     """The short names of the model's Linear layers but the output head: peft's "all-linear"."""
     head = model.get_output_embeddings()
     return sorted(
-        {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-        - {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if m is head}
+        {
+            name.rsplit(".", 1)[-1]
+            for name, module in model.named_modules()
+            if isinstance(module, nn.Linear) and module is not head
+        }
     )
 
 
