@@ -10,7 +10,9 @@ apply.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -141,3 +143,60 @@ def train_questions(cfg: RunConfig, device: str) -> int:
     if device == "cpu" and scale is not None:
         return min(cfg.data.train_size, scale.train_questions)
     return cfg.data.train_size
+
+
+# mallopt(3) parameters (glibc's malloc.h)
+M_TRIM_THRESHOLD = -1
+M_MMAP_MAX = -4
+# free memory at the top of the heap kept before any is given back: mallopt takes an int
+KEPT_BYTES = 2**31 - 1
+# compute.cpu_scale.malloc=auto keeps freed memory on machines with at least this much: a 6-step
+# demo peaked at 13.0 GB with it and 9.3 GB without (AMD EPYC, 2026-11-28; README "Performance")
+KEEP_MIN_MEMORY_GIB = 20
+
+
+def _mallopt():
+    """glibc's mallopt, or None where the C library is not glibc (macOS, musl)."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return None
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return mallopt
+
+
+def physical_memory_gib() -> float:
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
+
+
+def cpu_malloc(compute: ComputeConfig, device: str) -> str:
+    """The allocator mode a run uses (`compute.cpu_scale.malloc` resolved for this machine):
+    keep on CPU when asked, or when `auto` and the machine has KEEP_MIN_MEMORY_GIB; system
+    otherwise, and always on CUDA, without a CPU profile, or off glibc. Logged as
+    `compute.resolved_malloc`."""
+    scale = compute.cpu_scale
+    if device != "cpu" or scale is None or scale.malloc == "system" or _mallopt() is None:
+        return "system"
+    if scale.malloc == "auto" and physical_memory_gib() < KEEP_MIN_MEMORY_GIB:
+        return "system"
+    return "keep"
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse; returns whether it applied (False where
+    the C library is not glibc, which then keeps its own behaviour).
+
+    A GRPO step on CPU allocates and frees gigabytes of short-lived tensors (log-probabilities
+    over the 49k-token vocabulary, activations). glibc serves every block above its mmap
+    threshold (at most 32 MiB) with a fresh mmap and unmaps it on free, so each step faults the
+    same memory in again, page by zeroed page: 41 s of a 6-step demo's 248 s of CPU time went to
+    the kernel. With mmap off and trimming raised to 2 GiB, freed blocks stay in the heap and the
+    next step reuses them; the process keeps its peak instead of returning memory between
+    steps. Raising the mmap threshold to its 32 MiB maximum instead changed nothing: the blocks
+    that fault are larger.
+    """
+    mallopt = _mallopt()
+    if mallopt is None:
+        return False
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, KEPT_BYTES))

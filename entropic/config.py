@@ -619,6 +619,10 @@ def eval_sets(raw: Any) -> dict[str, EvalSetConfig]:
     return sets
 
 
+# compute.cpu_scale.malloc: how the CPU profile's allocator treats freed memory
+MALLOC_MODES = ("auto", "keep", "system")
+
+
 @dataclass
 class CpuScale:
     # most training questions taken (a seeded subset of the pool) when running on CPU
@@ -640,12 +644,17 @@ class CpuScale:
     generation: str | None = None
     # GRPO rollout backend on CPU in place of rollout=hf (None: rollout.name as configured)
     rollout: str | None = None
+    # CPU memory allocator: keep (glibc keeps freed memory for the next GRPO step instead of
+    # unmapping it and faulting it in again; faster, higher peak), system (glibc's defaults) or
+    # auto (keep where the machine has the memory; entropic.compute.cpu_malloc)
+    malloc: str = "auto"
 
     def __post_init__(self) -> None:
         if self.generation is not None:
             _one_of(self.generation, GENERATION_ENGINES, "compute.cpu_scale.generation")
         if self.rollout is not None:
             _one_of(self.rollout, ("hf", "prefix_cache"), "compute.cpu_scale.rollout")
+        _one_of(self.malloc, MALLOC_MODES, "compute.cpu_scale.malloc")
         _require(
             self.temperature is None or self.temperature > 0,
             "compute.cpu_scale.temperature",

@@ -29,7 +29,14 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from entropic import calibration, models, rollout, tracking
-from entropic.compute import Changed, apply_cpu_scale, changed_values, resolve_device
+from entropic.compute import (
+    Changed,
+    apply_cpu_scale,
+    changed_values,
+    cpu_malloc,
+    keep_freed_memory,
+    resolve_device,
+)
 from entropic.compute import train_questions as train_question_count
 from entropic.config import ConfigError, ModelConfig, RunConfig
 from entropic.data import (
@@ -149,6 +156,8 @@ def prepare(cfg: DictConfig) -> RunContext:
     requested = config
     device = resolve_device(config.compute)
     config, changed = apply_cpu_scale(requested, device)
+    if cpu_malloc(config.compute, device) == "keep":
+        keep_freed_memory()
     config = fit_completion_length(config)
     # what the prompt needed replaces the capped value: the params are the values used
     changed = {**changed, **changed_values(requested, config, FITTED_KEYS)}

@@ -32,7 +32,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from entropic import models, tracking
-from entropic.compute import Changed
+from entropic.compute import Changed, cpu_malloc
 from entropic.config import ConfigError, RunConfig
 from entropic.evaluate import (
     BEHAVIOUR,
@@ -100,6 +100,7 @@ def run(context: RunContext) -> RunResult:
                 context,
                 {
                     "model.resolved_dtype": models.dtype_name(config.model, device),
+                    "compute.resolved_malloc": cpu_malloc(config.compute, device),
                     "data.train_questions_used": len(context.train),
                     "data.eval_questions_used": len(context.splits.eval),
                     **{
