@@ -21,12 +21,15 @@ SIGNED = {"calibration_gap", "reduction"}
 BOUNDS = {
     **{metric: (0.0, 1.0) for metric in (*METRIC_NAMES, *BEHAVIOUR_NAMES)},
     "calibration_gap": (-1.0, 1.0),
+    # the share of the gap's size that is gone: all of it at most, unbounded below (a run can
+    # end further from calibrated than it began)
+    "reduction": (-math.inf, 1.0),
 }
 # Shown as fractions, as RLCR reports them (ECE 0.058, AUROC 0.73), not as percentages.
 FRACTIONS = {"ece", "auroc"}
 # A difference of two rates (the paired B - A, C - B accuracies).
 DIFFERENCE_BOUNDS = (-1.0, 1.0)
-# A value with no natural range (a relative reduction).
+# A value with no natural range.
 UNBOUNDED = (-math.inf, math.inf)
 
 

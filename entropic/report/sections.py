@@ -132,9 +132,11 @@ def main_numbers(definition: StudyDefinition, groups: dict[str, pd.DataFrame]) -
     """The main table as numbers: each condition after training (a run never trained: its one
     evaluation), the untrained row first where the table has one, and the reference's numbers.
 
-    `reduction` is how much of the untrained model's calibration gap is gone: a trained run
-    against its own step 0, a run never trained against the mean step 0 of the trained runs
-    (greedy evaluation makes step 0 the same for every seed).
+    `reduction` is how much of the untrained model's calibration gap is gone, by size:
+    1 - |gap| / |untrained gap|, so a run that overshoots to underconfidence (+21 -> -10) has
+    removed half its miscalibration, not 149% of it. A trained run is measured against its own
+    step 0, a run never trained against the mean step 0 of the trained runs (greedy evaluation
+    makes step 0 the same for every seed).
     """
     values = {label: stage(runs, "after") for label, runs in groups.items()}
     runs = pd.concat(groups.values())
@@ -147,7 +149,8 @@ def main_numbers(definition: StudyDefinition, groups: dict[str, pd.DataFrame]) -
         for label, runs in groups.items():
             baseline = untrained["calibration_gap"].reindex(runs.index)
             baseline = baseline.where(runs["trained"], untrained_gap)
-            values[label]["reduction"] = 1 - values[label]["calibration_gap"] / baseline
+            gap = values[label]["calibration_gap"]
+            values[label]["reduction"] = 1 - gap.abs() / baseline.abs()
     return with_reference(summarize(values, definition.table.metrics), definition.reference)
 
 
