@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -150,9 +149,6 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
 # free memory at the top of the heap kept before any is given back: mallopt takes an int
 KEPT_BYTES = 2**31 - 1
-# compute.cpu_scale.malloc=auto keeps freed memory on machines with at least this much: a 6-step
-# demo peaked at 13.0 GB with it and 9.3 GB without (AMD EPYC, 2026-11-28; README "Performance")
-KEEP_MIN_MEMORY_GIB = 20
 
 
 def _mallopt():
@@ -166,19 +162,12 @@ def _mallopt():
     return mallopt
 
 
-def physical_memory_gib() -> float:
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
-
-
 def cpu_malloc(compute: ComputeConfig, device: str) -> str:
-    """The allocator mode a run uses (`compute.cpu_scale.malloc` resolved for this machine):
-    keep on CPU when asked, or when `auto` and the machine has KEEP_MIN_MEMORY_GIB; system
-    otherwise, and always on CUDA, without a CPU profile, or off glibc. Logged as
+    """The allocator mode a run uses: keep when `compute.cpu_scale.malloc` asks for it on a CPU
+    with glibc; system otherwise (always on CUDA, without a CPU profile, or off glibc). Logged as
     `compute.resolved_malloc`."""
     scale = compute.cpu_scale
-    if device != "cpu" or scale is None or scale.malloc == "system" or _mallopt() is None:
-        return "system"
-    if scale.malloc == "auto" and physical_memory_gib() < KEEP_MIN_MEMORY_GIB:
+    if device != "cpu" or scale is None or scale.malloc != "keep" or _mallopt() is None:
         return "system"
     return "keep"
 
@@ -192,9 +181,11 @@ def keep_freed_memory() -> bool:
     threshold (at most 32 MiB) with a fresh mmap and unmaps it on free, so each step faults the
     same memory in again, page by zeroed page: 41 s of a 6-step demo's 248 s of CPU time went to
     the kernel. With mmap off and trimming raised to 2 GiB, freed blocks stay in the heap and the
-    next step reuses them; the process keeps its peak instead of returning memory between
-    steps. Raising the mmap threshold to its 32 MiB maximum instead changed nothing: the blocks
-    that fault are larger.
+    next step reuses them. The price: the heap never shrinks, and fragments. One run keeps its
+    peak (13.0 GB against 9.3 GB for a 6-step demo); a multirun sweep, whose runs share one
+    process, grew to 22 GB by its third run and was killed by the OOM killer. Hence an opt-in
+    for single runs. Raising the mmap threshold to its 32 MiB maximum instead changed nothing:
+    the blocks that fault are larger.
     """
     mallopt = _mallopt()
     if mallopt is None:

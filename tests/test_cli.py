@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from entropic import compute, models
-from entropic.config import ConfigError, RunConfig
+from entropic import models
+from entropic.config import ConfigError
 from entropic.evaluate import SUMMARY_NAMES
 from tests.conftest import compose_config
 
@@ -99,11 +99,8 @@ def test_main_job_runs_end_to_end_and_a_rerun_leaves_it_finished(
     expected = "bfloat16" if models.cpu_bf16_is_faster() else "float32"
     assert params["model.resolved_dtype"] == expected
     # why: the allocator mode changes speed and peak memory, so a run says which one it used
-    # (auto on CPU: keep where the machine has the memory)
-    assert params["compute.cpu_scale.malloc"] == "auto"
-    assert params["compute.resolved_malloc"] == compute.cpu_malloc(
-        RunConfig.from_hydra(compose_config(["compute=cpu"])).compute, "cpu"
-    )
+    assert params["compute.cpu_scale.malloc"] == "system"
+    assert params["compute.resolved_malloc"] == "system"
     for name in SUMMARY_NAMES:
         # why: the runs table and the compare view show a metric's latest value only, so before,
         # after and change are single values of their own beside the eval/* history; all at
