@@ -97,5 +97,5 @@ def test_the_cpu_profile_keeps_glibcs_defaults():
 
 
 def test_an_unknown_allocator_mode_names_the_key():
-    with pytest.raises(ConfigError, match=r"compute\.cpu_scale\.malloc.*auto.*keep.*system"):
+    with pytest.raises(ConfigError, match=r"compute\.cpu_scale\.malloc.*keep.*system"):
         cpu_profile("jemalloc")
