@@ -19,6 +19,10 @@ from tests.conftest import compose_config
 # pages a round must fault in when nothing is kept, at 4 KiB a page.
 ROUND_PAGES = (2**24 + 2**23) * 4 // 4096
 ROUNDS = 8
+# mallopt and its effect exist only under glibc (Linux); elsewhere the setting is refused quietly
+GLIBC_ONLY = pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's malloc"
+)
 SCRIPT = f"""
 import json, resource, sys, torch
 from entropic.compute import keep_freed_memory
@@ -42,9 +46,7 @@ def page_faults(mode: str) -> dict:
     return json.loads(done.stdout.splitlines()[-1])
 
 
-@pytest.mark.skipif(
-    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's malloc"
-)
+@GLIBC_ONLY
 def test_kept_memory_is_not_faulted_in_again():
     # why: a GRPO step allocates and frees the same large tensors every step; glibc unmaps each
     # block above its mmap threshold on free, so the next step faults every page in again (184k
@@ -76,7 +78,7 @@ def cpu_profile(malloc: str) -> ComputeConfig:
     ).compute
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc")
+@GLIBC_ONLY
 @pytest.mark.parametrize(
     ("malloc", "device", "expected"),
     [
