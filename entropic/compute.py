@@ -144,6 +144,15 @@ def train_questions(cfg: RunConfig, device: str) -> int:
     return cfg.data.train_size
 
 
+def training_mix(cfg: RunConfig, device: str) -> str:
+    """How the training questions are drawn from the pool: the CPU subset's `train_mix`, or
+    "pool" (the whole pool, or a seeded sample of it, in its own proportions)."""
+    scale = cfg.compute.cpu_scale
+    if device == "cpu" and scale is not None:
+        return scale.train_mix
+    return "pool"
+
+
 # mallopt(3) parameters (glibc's malloc.h)
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4

@@ -621,6 +621,8 @@ def eval_sets(raw: Any) -> dict[str, EvalSetConfig]:
 
 # compute.cpu_scale.malloc: how the CPU profile's allocator treats freed memory
 MALLOC_MODES = ("system", "keep")
+# compute.cpu_scale.train_mix: how the CPU training subset is drawn (entropic.data.draw_subset)
+TRAIN_MIXES = ("pool", "by_kind")
 
 
 @dataclass
@@ -648,8 +650,12 @@ class CpuScale:
     # next GRPO step instead of unmapping it and faulting it in again: a run ~9% faster, but the
     # heap never shrinks; one run per process only, entropic.compute.keep_freed_memory)
     malloc: str = "system"
+    # how the training subset is drawn: pool (a seeded sample, kinds in the pool's proportions)
+    # or by_kind (equal numbers of each question kind; entropic.data.draw_subset)
+    train_mix: str = "pool"
 
     def __post_init__(self) -> None:
+        _one_of(self.train_mix, TRAIN_MIXES, "compute.cpu_scale.train_mix")
         if self.generation is not None:
             _one_of(self.generation, GENERATION_ENGINES, "compute.cpu_scale.generation")
         if self.rollout is not None:

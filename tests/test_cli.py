@@ -101,6 +101,9 @@ def test_main_job_runs_end_to_end_and_a_rerun_leaves_it_finished(
     # why: the allocator mode changes speed and peak memory, so a run says which one it used
     assert params["compute.cpu_scale.malloc"] == "system"
     assert params["compute.resolved_malloc"] == "system"
+    # why: the training subset's kinds are part of what a run trained on; they add up to it
+    kinds = dict(entry.split("=") for entry in params["data.train_kinds_used"].split(", "))
+    assert sum(map(int, kinds.values())) == int(params["data.train_questions_used"])
     for name in SUMMARY_NAMES:
         # why: the runs table and the compare view show a metric's latest value only, so before,
         # after and change are single values of their own beside the eval/* history; all at

@@ -84,6 +84,7 @@ def test_reference_runs_have_the_reference_settings(
         ("reward.log_score_floor=nan", "reward.log_score_floor"),
         ("+trainer.grpo.top_p=nan", "trainer.grpo.top_p"),  # a pass-through key, TRL checks no nan
         ("generation.name=vllm", "generation.name"),  # a typo lists the engines
+        ("compute.cpu_scale.train_mix=kinds", "compute.cpu_scale.train_mix"),  # pool | by_kind
     ],
 )
 def test_bad_values_name_the_key_and_the_fix(override, key):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 
+import datasets
 import huggingface_hub
 import huggingface_hub.constants
 import pytest
@@ -22,10 +23,12 @@ from entropic.data import (
     arithmetic,
     check_eval_source,
     check_source,
+    draw_subset,
     elements,
     geo,
     load_eval_questions,
     load_questions,
+    rows_to_dataset,
     triviaqa,
 )
 from entropic.grading import is_correct
@@ -126,6 +129,62 @@ def test_check_source_names_the_key(name, options, message, why):
 def test_registry_lists_the_sources():
     # why: the config group conf/data/ holds exactly these names
     assert list(DATASETS) == ["geo", "triviaqa", "jsonl", "elements", "arithmetic"]
+
+
+# --- the training subset (compute.cpu_scale.train_mix) -------------------------------------------
+
+
+def kinds_pool() -> datasets.Dataset:
+    """Ten questions: six of kind a, three of kind b, one of kind c."""
+    kinds = ["a"] * 6 + ["b"] * 3 + ["c"]
+    return rows_to_dataset(
+        {"question_id": f"{kind}{i}", "question": f"q{i}?", "answers": ["x"], "kind": kind}
+        for i, kind in enumerate(kinds)
+    )
+
+
+def kind_count(subset) -> dict[str, int]:
+    kinds = column(subset, "kind")
+    return {kind: kinds.count(kind) for kind in sorted(set(kinds))}
+
+
+def test_pool_mix_is_the_seeded_sample_runs_always_drew():
+    pool = kinds_pool()
+    # why: train_mix=pool must keep every earlier run's training questions: the first n of the
+    # pool shuffled by the seed
+    expected = column(pool.shuffle(seed=3), "question_id")[:4]
+    assert column(draw_subset(pool, 4, seed=3), "question_id") == expected
+    assert column(draw_subset(pool, 4, seed=3, mix="pool"), "question_id") == expected
+
+
+@pytest.mark.parametrize(
+    ("count", "expected", "why"),
+    [
+        (3, {"a": 1, "b": 1, "c": 1}, "one round: a question of each kind"),
+        (6, {"a": 3, "b": 2, "c": 1}, "c has one question; its later turns go to a and b"),
+        (8, {"a": 4, "b": 3, "c": 1}, "b runs out after three, so a takes the remaining turns"),
+        (50, {"a": 6, "b": 3, "c": 1}, "more than the pool holds: all of it"),
+    ],
+)
+def test_by_kind_gives_each_kind_its_turn(count, expected, why):
+    assert kind_count(draw_subset(kinds_pool(), count, seed=0, mix="by_kind")) == expected, why
+
+
+def test_by_kind_takes_each_kinds_questions_in_the_seeded_order():
+    pool = kinds_pool()
+    shuffled_a = [i for i in column(pool.shuffle(seed=5), "question_id") if i.startswith("a")]
+    subset = draw_subset(pool, 6, seed=5, mix="by_kind")
+    # why: within a kind the seed decides, so seeds stay replicates and a rerun draws the same
+    assert [i for i in column(subset, "question_id") if i.startswith("a")] == shuffled_a[:3]
+    assert column(draw_subset(pool, 6, seed=5, mix="by_kind"), "question_id") == column(
+        subset, "question_id"
+    )
+    assert len(set(column(subset, "question_id"))) == 6  # no question twice
+
+
+def test_an_unknown_mix_is_refused():
+    with pytest.raises(ValueError, match="by_kind"):
+        draw_subset(kinds_pool(), 3, seed=0, mix="balanced")
 
 
 # --- split rules ---------------------------------------------------------------------------------

@@ -183,6 +183,36 @@ def split_candidates(
     return QuestionSplits(train=rows_to_dataset(train_rows), eval=rows_to_dataset(eval_rows))
 
 
+def draw_subset(
+    pool: datasets.Dataset, count: int, seed: int, mix: str = "pool"
+) -> datasets.Dataset:
+    """`count` questions of the training pool (all of them when it holds fewer).
+
+    "pool": the first `count` of the pool shuffled by `seed`, so the kinds come in about the
+    pool's proportions. "by_kind": the kinds (in name order) take turns, each giving its next
+    question in that same shuffled order, so every kind gets count / kinds questions, and a kind
+    that runs out leaves its turns to the others. The held-out split is never touched.
+    """
+    if mix not in ("pool", "by_kind"):
+        raise ValueError(f"unknown training mix {mix!r}; use pool or by_kind.")
+    shuffled = pool.shuffle(seed=seed)
+    count = min(count, len(shuffled))
+    if mix == "pool":
+        return shuffled.select(range(count))
+    queues: dict[str, list[int]] = {}
+    for index, kind in enumerate(shuffled["kind"]):
+        queues.setdefault(kind, []).append(index)
+    turns = [queues[kind] for kind in sorted(queues)]
+    # round by round: every kind's first question, then every kind's second, and so on
+    chosen = [
+        queue[position]
+        for position in range(max(map(len, turns), default=0))
+        for queue in turns
+        if position < len(queue)
+    ]
+    return shuffled.select(chosen[:count])
+
+
 # The loaders import the helpers above from this package, so they are imported only once those
 # helpers exist.
 from entropic.data import arithmetic, elements, geo, jsonl, triviaqa  # noqa: E402

@@ -36,12 +36,14 @@ from entropic.compute import (
     cpu_malloc,
     keep_freed_memory,
     resolve_device,
+    training_mix,
 )
 from entropic.compute import train_questions as train_question_count
 from entropic.config import ConfigError, ModelConfig, RunConfig
 from entropic.data import (
     QuestionSplits,
     check_source,
+    draw_subset,
     load_eval_questions,
     load_questions,
     rows_to_dataset,
@@ -172,7 +174,7 @@ def prepare(cfg: DictConfig) -> RunContext:
     with rejected_input():
         splits = load_splits(config, needs_pool=config.train or rule.needs_target)
     n_train = train_question_count(config, device)
-    train = splits.train.shuffle(seed=config.seed).select(range(min(n_train, len(splits.train))))
+    train = draw_subset(splits.train, n_train, config.seed, training_mix(config, device))
     train = mark_labeled(train, config.reward.labeled_fraction, config.seed)
     with rejected_input():
         sets = load_sets(config.eval, set(train["question_id"]))

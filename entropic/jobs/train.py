@@ -15,6 +15,7 @@ step 0 if there is none. A FINISHED run is left untouched.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import time
@@ -102,6 +103,7 @@ def run(context: RunContext) -> RunResult:
                     "model.resolved_dtype": models.dtype_name(config.model, device),
                     "compute.resolved_malloc": cpu_malloc(config.compute, device),
                     "data.train_questions_used": len(context.train),
+                    "data.train_kinds_used": kind_counts(context.train),
                     "data.eval_questions_used": len(context.splits.eval),
                     **{
                         f"eval.sets.{name}.questions_used": len(questions)
@@ -296,6 +298,12 @@ def gpu_memory() -> dict[str, float]:
         "max_memory_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
         "max_memory_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
     }
+
+
+def kind_counts(questions: datasets.Dataset) -> str:
+    """How many questions of each kind, e.g. "capital=4, continent=5" (a run's logged mix)."""
+    counts = collections.Counter(questions["kind"])
+    return ", ".join(f"{kind}={counts[kind]}" for kind in sorted(counts))
 
 
 def train_on_other_rank(context: RunContext) -> None:
