@@ -432,6 +432,25 @@ def test_runs_are_told_apart_by_every_value_that_varies(tmp_path, points, condit
     assert [name.split(" ")[0] for name in sweep.superseded] == superseded
 
 
+def test_what_the_seed_draws_does_not_split_a_condition(tmp_path):
+    # why: each seed trains on its own subset, so its kind mix (data.train_kinds_used) differs
+    # between the seeds of one condition; read as a config value it made one row per seed
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment_id = client.create_experiment("mix_ratio")
+    parent = logged_sweep(
+        client,
+        experiment_id,
+        1_000,
+        [
+            (0, 1.0, 0.10, "FINISHED", {"data.train_kinds_used": "capital=2, continent=2"}),
+            (1, 1.0, 0.30, "FINISHED", {"data.train_kinds_used": "capital=3, continent=1"}),
+        ],
+    )
+    runs = load_sweep(client, [parent]).runs
+    assert runs["condition"].nunique() == 1
+    assert sorted(runs["after/accuracy"]) == [0.10, 0.30]
+
+
 def test_conditions_that_would_share_a_label_keep_separate_rows(tmp_path):
     # why: a study names its rows by labeled share; brier and rlcr at the same share must stay
     # two rows, each named by what tells it apart, rather than one row with both runs as "seeds"

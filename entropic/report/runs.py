@@ -21,14 +21,16 @@ class ReportError(ValueError):
     """There is nothing to report from, or a study is ill defined; the message says the fix."""
 
 
-# Params that never tell conditions apart: the seed (a condition's runs differ in it), and run
-# bookkeeping that differs between two runs of one point (where it ran, what it was called, which
-# store and parent run it logged to). `tags.*` are free-form labels, and the sweep's own
+# Params that never tell conditions apart: the seed (a condition's runs differ in it) and what
+# it draws (each seed's training subset has its own mix of question kinds), and run bookkeeping
+# that differs between two runs of one point (where it ran, what it was called, which store and
+# parent run it logged to). `tags.*` are free-form labels, and the sweep's own
 # `tags.sweep_point` names the seed.
 SEED_PARAM = "seed"
 BOOKKEEPING_PARAMS = frozenset(
     {
         SEED_PARAM,
+        "data.train_kinds_used",
         "output_dir",
         "tracking.run_name",
         "tracking.parent_run_id",
