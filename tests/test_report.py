@@ -363,19 +363,19 @@ def test_sweeps_merge_with_the_newest_run_of_each_condition_and_seed(tmp_path):
     assert alone.superseded == []
 
 
-# Runs of one sweep at the same seed (0) and labeled share (1.0), and what the report makes of them:
-# (the params each run adds, its accuracy), in start order; the conditions' accuracies; the runs
-# that a newer one of the same condition and seed replaced.
+# Runs of one sweep at the same labeled share (1.0), and what the report makes of them: (its seed,
+# the params it adds, its accuracy), in start order; the conditions' accuracies; the runs that a
+# newer one of the same condition and seed replaced.
 CONDITION_CASES = [
     pytest.param(
-        [({"reward.name": "brier"}, 0.10), ({"reward.name": "rlcr"}, 0.20)],
+        [(0, {"reward.name": "brier"}, 0.10), (0, {"reward.name": "rlcr"}, 0.20)],
         [[0.10], [0.20]],
         [],
         # why: the key once had no reward name, so brier against rlcr read as one point run twice
         id="a different reward is another condition",
     ),
     pytest.param(
-        [({"reward.name": "brier"}, 0.10), ({"reward.name": "brier"}, 0.30)],
+        [(0, {"reward.name": "brier"}, 0.10), (0, {"reward.name": "brier"}, 0.30)],
         [[0.30]],
         ["lf1.0-seed0-1000"],
         # why: a point run again (a rerun, a second sweep) counts once, from its newer run
@@ -383,8 +383,8 @@ CONDITION_CASES = [
     ),
     pytest.param(
         [
-            ({"reward.name": "brier", "output_dir": "a", "tags.sweep_point": "seed=0"}, 0.10),
-            ({"reward.name": "brier", "output_dir": "b", "tags.sweep_point": "x,seed=0"}, 0.30),
+            (0, {"reward.name": "brier", "output_dir": "a", "tags.sweep_point": "seed=0"}, 0.10),
+            (0, {"reward.name": "brier", "output_dir": "b", "tags.sweep_point": "x,seed=0"}, 0.30),
         ],
         [[0.30]],
         ["lf1.0-seed0-1000"],
@@ -392,7 +392,7 @@ CONDITION_CASES = [
         id="bookkeeping params do not separate conditions",
     ),
     pytest.param(
-        [({}, 0.10), ({"trainer.new_key": "7"}, 0.30)],
+        [(0, {}, 0.10), (0, {"trainer.new_key": "7"}, 0.30)],
         [[0.30]],
         ["lf1.0-seed0-1000"],
         # why: a key added to the config between two sweeps, with one value, changes nothing
@@ -400,15 +400,26 @@ CONDITION_CASES = [
     ),
     pytest.param(
         [
-            ({"reward.name": "brier", "model.name": "a"}, 0.10),
-            ({"reward.name": "brier", "model.name": "b"}, 0.20),
-            ({"reward.name": "rlcr", "model.name": "a"}, 0.30),
-            ({"reward.name": "brier", "model.name": "a"}, 0.40),
+            (0, {"reward.name": "brier", "model.name": "a"}, 0.10),
+            (0, {"reward.name": "brier", "model.name": "b"}, 0.20),
+            (0, {"reward.name": "rlcr", "model.name": "a"}, 0.30),
+            (0, {"reward.name": "brier", "model.name": "a"}, 0.40),
         ],
         [[0.20], [0.30], [0.40]],
         ["lf1.0-seed0-1000"],
         # why: any config value that varies counts, not a hand-kept list of names
         id="every varying value is part of the condition",
+    ),
+    pytest.param(
+        [
+            (0, {"data.train_kinds_used": "capital=2, continent=2"}, 0.10),
+            (1, {"data.train_kinds_used": "capital=3, continent=1"}, 0.30),
+        ],
+        [[0.10, 0.30]],
+        [],
+        # why: each seed trains on its own subset, so its kind mix differs between the seeds of
+        # one condition; read as a config value it made one row per seed
+        id="what the seed draws does not split a condition",
     ),
 ]
 
@@ -421,7 +432,7 @@ def test_runs_are_told_apart_by_every_value_that_varies(tmp_path, points, condit
         client,
         experiment_id,
         1_000,
-        [(0, 1.0, accuracy, "FINISHED", more) for more, accuracy in points],
+        [(seed, 1.0, accuracy, "FINISHED", more) for seed, more, accuracy in points],
     )
     sweep = load_sweep(client, [parent])
     by_condition: dict[tuple, list[float]] = {}
@@ -430,25 +441,6 @@ def test_runs_are_told_apart_by_every_value_that_varies(tmp_path, points, condit
         by_condition.setdefault(condition, []).append(accuracy)
     assert sorted(by_condition.values()) == conditions
     assert [name.split(" ")[0] for name in sweep.superseded] == superseded
-
-
-def test_what_the_seed_draws_does_not_split_a_condition(tmp_path):
-    # why: each seed trains on its own subset, so its kind mix (data.train_kinds_used) differs
-    # between the seeds of one condition; read as a config value it made one row per seed
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    experiment_id = client.create_experiment("mix_ratio")
-    parent = logged_sweep(
-        client,
-        experiment_id,
-        1_000,
-        [
-            (0, 1.0, 0.10, "FINISHED", {"data.train_kinds_used": "capital=2, continent=2"}),
-            (1, 1.0, 0.30, "FINISHED", {"data.train_kinds_used": "capital=3, continent=1"}),
-        ],
-    )
-    runs = load_sweep(client, [parent]).runs
-    assert runs["condition"].nunique() == 1
-    assert sorted(runs["after/accuracy"]) == [0.10, 0.30]
 
 
 def test_conditions_that_would_share_a_label_keep_separate_rows(tmp_path):
