@@ -90,7 +90,7 @@ def grade(questions: datasets.Dataset, completions: list[str], fmt: str = "lines
                 "completion": completion,
                 "answer": answer,
                 "confidence": confidence,
-                "correct": bool(is_correct(answer, row["answers"])),
+                "correct": bool(is_correct(answer, row["answers"], question=row["question"])),
                 "abstains": abstains(answer),
                 "alternatives": mentions_alternatives(answer, reasoning_text(completion, fmt)),
             }

@@ -8,9 +8,11 @@ of candidates and lenient only about wording around a single answer ("Paris, Fra
 Near misses a fair grader keeps (each a case in tests/test_grading.py): "Paris, France" and
 "Paris (France)" for Paris (a qualifier after the answer, and only the first candidate can earn);
 "the Netherlands" for Netherlands (articles go); "Kingdom of Denmark" or "the Republic of Kenya"
-for Denmark or Kenya (framing words, `FILLER_WORDS`); "It is probably Paris". Refused: any other
-word beside the answer ("France Germany", "Paris Lyon Marseille", "South Africa" for the continent
-Africa), a negation ("not Paris"), and a question or exclamation mark ("Paris? No, Lyon").
+for Denmark or Kenya (framing words, `FILLER_WORDS`); "It is probably Paris"; and, given the
+question, "Fiumicello, Italy" for "In which country is the city of Fiumicello?" (the subject
+restated before the answer). Refused: any other word beside the answer ("France Germany", "Paris
+Lyon Marseille", "South Africa" for the continent Africa), a negation ("not Paris"), and a
+question or exclamation mark ("Paris? No, Lyon").
 """
 
 import re
@@ -73,7 +75,10 @@ def normalize_answer(text: str) -> str:
 
 
 def is_correct(
-    answer: str | None, aliases: Sequence[str], max_answer_words: int = MAX_ANSWER_WORDS
+    answer: str | None,
+    aliases: Sequence[str],
+    max_answer_words: int = MAX_ANSWER_WORDS,
+    question: str | None = None,
 ) -> bool:
     """Return True when ``answer`` names one of the gold ``aliases`` and nothing else.
 
@@ -94,8 +99,24 @@ def is_correct(
       without separators ("France Germany", "Paris Lyon Marseille") and a negation ("not
       Paris") earn nothing.
 
+    With the ``question``, an answer may first restate what the question is about: "Fiumicello,
+    Italy" for "In which country is the city of Fiumicello?", "Nairobi, Kenya" for "Which country
+    has Nairobi as its capital?". When the first segment (up to the first "," or "(") holds only
+    words of the question and `FILLER_WORDS`, the rest is graded as the answer, by the rules
+    above. Naming the subject adds nothing, so it opens no loophole, except in a question that
+    offers its own candidates ("Which is larger, Mars or Venus?": "Mars, Venus" would name both),
+    so a question with "or" in it gets no such reading.
+
     A ``None`` or empty answer is wrong.
     """
+    if _names_alias(answer, aliases, max_answer_words):
+        return True
+    rest = _after_restated_subject(answer, question)
+    return rest is not None and _names_alias(rest, aliases, max_answer_words)
+
+
+def _names_alias(answer: str | None, aliases: Sequence[str], max_answer_words: int) -> bool:
+    """`is_correct` without the question."""
     if answer is None:
         return False
     normalized_aliases = {normalize_answer(alias) for alias in aliases} - {""}
@@ -113,6 +134,23 @@ def is_correct(
         if any(token not in _MARKERS for token in alias_tokens)
         for start in _occurrences(alias_tokens, answer_tokens)
     )
+
+
+def _after_restated_subject(answer: str | None, question: str | None) -> str | None:
+    """What follows a first segment that only restates the question, or None if there is none."""
+    if not answer or not question:
+        return None
+    question_words = set(normalize_answer(question).split())
+    if "or" in question_words:
+        return None
+    first_separator = _SEPARATOR.search(answer)
+    if first_separator is None or first_separator.group(0) not in (",", "("):
+        return None
+    subject = normalize_answer(answer[: first_separator.start()]).split()
+    named = [word for word in subject if word not in FILLER_WORDS]
+    if not named or any(word not in question_words for word in named):
+        return None
+    return answer[first_separator.end() :]
 
 
 def _is_punctuation(char: str) -> bool:

@@ -241,6 +241,7 @@ class TRLReward:
         completions: list,
         answers: list[list[str]],
         question_id: list[str],
+        question: list[str] | None = None,
         labeled: list[bool] | None = None,
         calibrated_target: list[float] | None = None,
         log_metric: Callable[[str, float], None] | None = None,
@@ -249,8 +250,12 @@ class TRLReward:
         parsed = [parse_completion(completion_text(c), self.answer_format) for c in completions]
         answer_texts = [answer for answer, _ in parsed]
         confidence = np.array([np.nan if c is None else c for _, c in parsed], dtype=float)
+        questions = question if question is not None else [None] * len(parsed)
         correct = np.array(
-            [float(is_correct(a, gold)) for a, gold in zip(answer_texts, answers, strict=True)]
+            [
+                float(is_correct(a, gold, question=q))
+                for a, gold, q in zip(answer_texts, answers, questions, strict=True)
+            ]
         )
         labeled_mask = np.ones(len(parsed), bool) if labeled is None else np.asarray(labeled, bool)
         batch = ScoredBatch(

@@ -105,7 +105,7 @@ def sample_answers(
                 "completion": text,
                 "answer": answer,
                 "confidence": np.nan if confidence is None else confidence,
-                "correct": bool(is_correct(answer, row["answers"])),
+                "correct": bool(is_correct(answer, row["answers"], question=row["question"])),
                 "logprob": float(sum(logprobs)),
                 "num_tokens": len(logprobs),
             }

@@ -168,8 +168,8 @@ class _Meaning:
     comparable: bool
 
 
-def _premerge(answers: Sequence[Answer], aliases: Sequence[str] | None):
-    """Group answers that agree without a model.
+def _premerge(answers: Sequence[Answer], aliases: Sequence[str] | None, question: str | None):
+    """Group answers that agree without a model (gold answers graded after their `question`).
 
     Returns the list of meanings (in order of first appearance) and the meaning index per answer.
     """
@@ -179,7 +179,7 @@ def _premerge(answers: Sequence[Answer], aliases: Sequence[str] | None):
     for answer in answers:
         key: tuple[str, str] | None = None
         if answer is not None:
-            if aliases and is_correct(answer, aliases):
+            if aliases and is_correct(answer, aliases, question=question):
                 key = ("gold", "")
             elif normalized := normalize_answer(answer):
                 key = ("text", normalized)
@@ -296,8 +296,8 @@ class _PairwiseClusterer(Clusterer):
 
     def cluster_many(self, groups, aliases_per_group, questions):
         premerged = [
-            _premerge(answers, aliases)
-            for answers, aliases in zip(groups, aliases_per_group, strict=True)
+            _premerge(answers, aliases, question)
+            for answers, aliases, question in zip(groups, aliases_per_group, questions, strict=True)
         ]
         same_per_group = self.same_meaning([meanings for meanings, _ in premerged], questions)
         clustered = []
@@ -322,8 +322,8 @@ class ExactClusterer(Clusterer):
 
     def cluster_many(self, groups, aliases_per_group, questions):
         return [
-            _first_appearance_ids(_premerge(answers, aliases)[1])
-            for answers, aliases in zip(groups, aliases_per_group, strict=True)
+            _first_appearance_ids(_premerge(answers, aliases, question)[1])
+            for answers, aliases, question in zip(groups, aliases_per_group, questions, strict=True)
         ]
 
 

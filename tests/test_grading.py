@@ -121,6 +121,51 @@ def test_is_correct(answer, aliases, expected):
     assert is_correct(answer, aliases) is expected
 
 
+CITY = "In which country is the city of Fiumicello?"
+CAPITAL = "Which country has Nairobi as its capital?"
+QUESTION_CASES = [
+    # (answer, aliases, question, expected, why)
+    ("Fiumicello, Italy", ["Italy"], CITY, True, "the answer after its restated subject"),
+    ("Fiumicello (Italy)", ["Italy"], CITY, True, "a bracket after the subject likewise"),
+    ("The city of Fiumicello, Italy", ["Italy"], CITY, True, "the subject with framing words"),
+    ("Nairobi, Kenya", ["Kenya"], CAPITAL, True, "a capital restated before its country"),
+    ("Fiumicello, Italy", ["Italy"], None, False, "without the question it is a list item"),
+    ("Fiumicello, France", ["Italy"], CITY, False, "a wrong answer after the subject"),
+    ("Fiumicello", ["Italy"], CITY, False, "the subject alone answers nothing"),
+    ("Fiumicello, Italy or France", ["Italy"], CITY, False, "a hedge after the subject"),
+    ("Fiumicello, France, Italy", ["Italy"], CITY, False, "gold is a later item of the rest"),
+    ("Fiumicello or Italy", ["Italy"], CITY, False, "'or' is not a qualifier separator"),
+    ("Rome, Italy", ["Italy"], CITY, False, "a first segment the question does not name"),
+    ("Italy, Fiumicello", ["Italy"], CITY, True, "the gold first is correct as before"),
+    (
+        "Mars, Venus",
+        ["Venus"],
+        "Which is larger, Mars or Venus?",
+        False,
+        "a question offering candidates: naming both earns nothing",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("answer", "aliases", "question", "expected"),
+    [case[:4] for case in QUESTION_CASES],
+    ids=[case[4] for case in QUESTION_CASES],
+)
+def test_is_correct_after_the_question(answer, aliases, question, expected):
+    assert is_correct(answer, aliases, question=question) is expected
+
+
+@pytest.mark.parametrize(
+    ("answer", "aliases", "expected"),
+    [case[:3] for case in CORRECT_CASES],
+    ids=[case[3] for case in CORRECT_CASES],
+)
+def test_a_question_that_names_nothing_in_the_answer_changes_nothing(answer, aliases, expected):
+    # Why: the question only adds a reading when the answer restates it; these answers do not.
+    assert is_correct(answer, aliases, question="What is it called?") is expected
+
+
 def test_long_answer_is_still_correct_when_it_equals_an_alias():
     # Why: the word limit guards containment only; a long gold title must match itself.
     title = "The Man Who Shot Liberty Valance and Other Stories of the West"

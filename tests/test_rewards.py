@@ -124,6 +124,20 @@ def test_mixed_uses_brier_on_labeled_questions_only():
     np.testing.assert_allclose(unlabeled, call("stability", GROUP, [False] * 4))
 
 
+def test_brier_grades_each_answer_after_its_question():
+    # Why: TRL passes the dataset's `question` column; "Fiumicello, Italy" restates the city
+    # before the country, and is graded right only when the reward reads the question.
+    reward = TRLReward(cfg("brier"), 2, build_clusterer("exact"))
+    texts = completions(
+        "Answer: Fiumicello, Italy\nConfidence: 80", "Answer: Italy\nConfidence: 80"
+    )
+    kwargs = dict(prompts=[[]] * 2, completions=texts, answers=[["Italy"]] * 2)
+    kwargs["question_id"] = ["country_of_city:x"] * 2
+    with_question = reward(**kwargs, question=["In which country is the city of Fiumicello?"] * 2)
+    np.testing.assert_allclose(with_question, [1 - 0.2**2] * 2)
+    np.testing.assert_allclose(reward(**kwargs), [1 - 0.8**2, 1 - 0.2**2])
+
+
 def test_training_metrics_are_logged():
     metrics: dict[str, float] = {}
     call("mixed", GROUP, [True, True, True, True], metrics=metrics)

@@ -192,6 +192,16 @@ def test_exact_clustering(answers, aliases, expected, why):
     assert build_clusterer("exact")(answers, aliases=aliases) == expected, why
 
 
+def test_gold_answers_are_graded_after_their_question():
+    # Why: "Fiumicello, Italy" restates the city before the gold country; only with the
+    # question does the grader see it as the same (right) answer as "Italy".
+    answers = ["Fiumicello, Italy", "Italy", "France"]
+    clusterer = build_clusterer("exact")
+    question = "In which country is the city of Fiumicello?"
+    assert clusterer(answers, aliases=["Italy"], question=question) == [0, 0, 1]
+    assert clusterer(answers, aliases=["Italy"]) == [0, 1, 2]
+
+
 LINKAGE_CASES = [
     # (pairs that match among items 0..2, linkage, expected ids, why)
     ({(0, 1), (1, 2)}, "single", [0, 0, 0], "a chain 0~1~2 is one component"),
