@@ -181,6 +181,25 @@ def cpu_malloc(compute: ComputeConfig, device: str) -> str:
     return "keep"
 
 
+# Hydra launchers that run a multirun's jobs one after another in the same process (the basic
+# launcher) or in reused worker processes (joblib's loky pool); submitit starts one per job.
+SHARED_PROCESS_LAUNCHERS = ("BasicLauncher", "JoblibLauncher")
+
+
+def check_malloc(malloc: str, multirun_launcher: str | None) -> None:
+    """Refuse `keep` for jobs that share a process: `multirun_launcher` is the `_target_` of
+    Hydra's launcher in a multirun, None in a single run."""
+    if malloc != "keep" or multirun_launcher is None:
+        return
+    if any(name in multirun_launcher for name in SHARED_PROCESS_LAUNCHERS):
+        raise ConfigError(
+            f"compute.cpu_scale.malloc=keep: this sweep's launcher ({multirun_launcher}) runs "
+            "its jobs in one process, whose heap under keep never shrinks (a sweep grew to 22 GB "
+            "by its third job; README, Performance). Fix: compute.cpu_scale.malloc=system for "
+            "sweeps, or run each point as a single run"
+        )
+
+
 def keep_freed_memory() -> bool:
     """Make glibc's malloc keep freed memory for reuse; returns whether it applied (False where
     the C library is not glibc, which then keeps its own behaviour).

@@ -648,7 +648,7 @@ class CpuScale:
     rollout: str | None = None
     # CPU memory allocator: system (glibc's defaults) or keep (glibc keeps freed memory for the
     # next GRPO step instead of unmapping it and faulting it in again: a run ~9% faster, but the
-    # heap never shrinks; one run per process only, entropic.compute.keep_freed_memory)
+    # heap never shrinks: a sweep whose jobs share a process refuses it; entropic.compute)
     malloc: str = "system"
     # how the training subset is drawn: pool (a seeded sample, kinds in the pool's proportions)
     # or by_kind (equal numbers of each question kind; entropic.data.draw_subset)

@@ -72,6 +72,28 @@ def test_without_glibc_nothing_is_applied(monkeypatch):
     assert compute.cpu_malloc(profile, "cpu") == "system"
 
 
+BASIC = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+SUBMITIT = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
+MALLOC_CASES = [
+    # (malloc, multirun launcher, refused, why)
+    ("keep", None, False, "a single run keeps its peak and ends"),
+    ("keep", BASIC, True, "the basic launcher runs every job in one process, whose heap grows"),
+    ("keep", JOBLIB, True, "joblib's workers are reused across jobs"),
+    ("keep", SUBMITIT, False, "submitit starts a process per job"),
+    ("system", BASIC, False, "glibc's defaults give memory back: sweeps ran 15 jobs with them"),
+]
+
+
+@pytest.mark.parametrize(("malloc", "launcher", "refused", "why"), MALLOC_CASES)
+def test_keep_is_refused_where_jobs_share_a_process(malloc, launcher, refused, why):
+    if refused:
+        with pytest.raises(ConfigError, match=r"compute.cpu_scale.malloc=keep.*Fix: "):
+            compute.check_malloc(malloc, launcher)
+    else:
+        compute.check_malloc(malloc, launcher)
+
+
 def cpu_profile(malloc: str) -> ComputeConfig:
     return RunConfig.from_hydra(
         compose_config(["compute=cpu", f"compute.cpu_scale.malloc={malloc}"])

@@ -197,24 +197,45 @@ def test_smoke_sweep_makes_one_parent_with_tagged_children(smoke_sweep):
     assert "experiment=scarce_mixed" in parent.data.tags["mlflow.note.content"]
 
 
-def test_a_sweep_stopped_by_a_rejected_config_leaves_its_parent_failed(tmp_path):
-    """A bad value exits the first job with status 2; the exit hook still closes the parent."""
+def sweep_in_a_process(tmp_path, arguments: list[str]) -> tuple[subprocess.CompletedProcess, str]:
+    """`python -m entropic.run` with `arguments` (a multirun), on its own MLflow store."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "HF_HUB_OFFLINE": "1"}
     env.pop("ENTROPIC_PARENT_RUN_ID", None)
     done = subprocess.run(
-        [sys.executable, "-m", "entropic.run", "-cd", "sweeps", "-cn", "rl_vs_prompting"]
-        + ["seed=0", "reward.labeled_fraction=1.5", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        [sys.executable, "-m", "entropic.run", *arguments, f"hydra.sweep.dir={tmp_path / 's'}"],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
+    return done, uri
+
+
+def test_a_sweep_stopped_by_a_rejected_config_leaves_its_parent_failed(tmp_path):
+    """A bad value exits the first job with status 2; the exit hook still closes the parent."""
+    done, uri = sweep_in_a_process(
+        tmp_path,
+        ["-cd", "sweeps", "-cn", "rl_vs_prompting", "seed=0", "reward.labeled_fraction=1.5"],
+    )
     assert done.returncode == 2 and "reward.labeled_fraction" in done.stderr
     client = MlflowClient(uri)
     (parent,) = client.search_runs([client.get_experiment_by_name("rl_vs_prompting").experiment_id])
     assert parent.info.status == "FAILED"
+
+
+def test_a_sweep_under_the_kept_heap_is_refused_before_its_first_job_loads(tmp_path):
+    """malloc=keep in one process grew a sweep to 22 GB by its third job: refused up front."""
+    done, _ = sweep_in_a_process(
+        tmp_path,
+        ["-m", "+experiment=scarce_mixed", "seed=0,1", "compute=cpu"]
+        + ["compute.cpu_scale.malloc=keep"],
+    )
+    assert done.returncode == 2
+    assert "compute.cpu_scale.malloc=keep" in done.stderr and "Fix:" in done.stderr
+    # refused in the first job's checks: no job reached evaluation
+    assert "Evaluating the base model" not in done.stderr + done.stdout
 
 
 def write_metrics(uri: str, worker: int, barrier, count: int) -> None:

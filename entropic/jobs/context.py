@@ -25,6 +25,8 @@ from typing import Any
 
 import datasets
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
@@ -33,6 +35,7 @@ from entropic.compute import (
     Changed,
     apply_cpu_scale,
     changed_values,
+    check_malloc,
     cpu_malloc,
     keep_freed_memory,
     resolve_device,
@@ -158,7 +161,9 @@ def prepare(cfg: DictConfig) -> RunContext:
     requested = config
     device = resolve_device(config.compute)
     config, changed = apply_cpu_scale(requested, device)
-    if cpu_malloc(config.compute, device) == "keep":
+    malloc = cpu_malloc(config.compute, device)
+    check_malloc(malloc, multirun_launcher())
+    if malloc == "keep":
         keep_freed_memory()
     config = fit_completion_length(config)
     # what the prompt needed replaces the capped value: the params are the values used
@@ -179,6 +184,14 @@ def prepare(cfg: DictConfig) -> RunContext:
     with rejected_input():
         sets = load_sets(config.eval, set(train["question_id"]))
     return RunContext(cfg, config, device, changed, splits, train, clusterer, policy, started, sets)
+
+
+def multirun_launcher() -> str | None:
+    """The `_target_` of Hydra's launcher when this job is one of a multirun, else None (a single
+    run, or `run(cfg)` called outside Hydra)."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return HydraConfig.get().launcher.get("_target_", "")
 
 
 def checked_config(cfg: DictConfig) -> RunConfig:
