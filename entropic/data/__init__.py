@@ -37,6 +37,8 @@ from typing import Any
 
 import datasets
 
+from entropic.config import TRAIN_MIXES
+
 FEATURES = datasets.Features(
     {
         "question_id": datasets.Value("string"),
@@ -193,8 +195,8 @@ def draw_subset(
     question in that same shuffled order, so every kind gets count / kinds questions, and a kind
     that runs out leaves its turns to the others. The held-out split is never touched.
     """
-    if mix not in ("pool", "by_kind"):
-        raise ValueError(f"unknown training mix {mix!r}; use pool or by_kind.")
+    if mix not in TRAIN_MIXES:
+        raise ValueError(f"unknown training mix {mix!r}; use one of {', '.join(TRAIN_MIXES)}.")
     shuffled = pool.shuffle(seed=seed)
     count = min(count, len(shuffled))
     if mix == "pool":
