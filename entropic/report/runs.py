@@ -99,12 +99,17 @@ def find_parents(client: MlflowClient, sweep: str) -> list[str]:
 
 def metric_history(client: MlflowClient, run_id: str) -> pd.DataFrame:
     """eval/<metric> of one run per step: step 0, the periodic evaluations, the last step."""
+    return metric_frame(client, run_id, {name: f"eval/{name}" for name in METRIC_NAMES})
+
+
+def metric_frame(client: MlflowClient, run_id: str, keys: dict[str, str]) -> pd.DataFrame:
+    """One row per logged step, one column per `keys` entry (column name -> metric key); NaN
+    where a step did not log that metric."""
     columns = {
         name: pd.Series(
-            {m.step: m.value for m in client.get_metric_history(run_id, f"eval/{name}")},
-            dtype=float,
+            {m.step: m.value for m in client.get_metric_history(run_id, key)}, dtype=float
         )
-        for name in METRIC_NAMES
+        for name, key in keys.items()
     }
     return pd.DataFrame(columns).sort_index()
 

@@ -28,6 +28,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
+from entropic.report.runs import metric_frame  # noqa: E402
+
 CURVES = {
     "accuracy": "train/calibration/accuracy",
     "confidence": "train/calibration/confidence",
@@ -45,12 +47,7 @@ def history(client: MlflowClient, run_name: str) -> pd.DataFrame:
     )
     if not runs:
         raise SystemExit(f"no run named {run_name!r} in this store. Fix: --tracking-uri")
-    run_id = runs[0].info.run_id
-    columns = {
-        name: pd.Series({m.step: m.value for m in client.get_metric_history(run_id, key)})
-        for name, key in CURVES.items()
-    }
-    return pd.DataFrame(columns).sort_index()
+    return metric_frame(client, runs[0].info.run_id, CURVES)
 
 
 def right_above_wrong(steps: pd.DataFrame) -> tuple[int, int]:
