@@ -144,7 +144,8 @@ def _after_restated_subject(answer: str | None, question: str | None) -> str | N
     if "or" in question_words:
         return None
     first_separator = _SEPARATOR.search(answer)
-    if first_separator is None or first_separator.group(0) not in (",", "("):
+    # only a qualifier separator ("," or "(", both read as "<,>") can follow a restated subject
+    if first_separator is None or _SEPARATOR_MARKERS[first_separator.group(0).lower()] != "<,>":
         return None
     subject = normalize_answer(answer[: first_separator.start()]).split()
     named = [word for word in subject if word not in FILLER_WORDS]
