@@ -333,6 +333,11 @@ class TrainerConfig:
     # `Confidence` key on; the answer tokens then keep the base model's distribution up to the
     # shared weights) (entropic's own)
     loss_tokens: str = "all"
+    # confidences sampled after each sampled answer (1: one completion per answer, as the
+    # reference). K > 1: the G completions of a question are G / K answers with K confidences
+    # each, and the advantage is split: answer tokens compare answers, confidence tokens compare
+    # the K confidences of the same answer (entropic's own; experiments/lora_recipe/README.md)
+    confidence_samples: int = 1
     # run the periodic held-out evaluation every N steps (0: only before and after; entropic's own)
     eval_every_n_steps: int = 0
     # any other trl.GRPOConfig field, passed through and validated by TRL itself
@@ -369,6 +374,16 @@ class TrainerConfig:
             f"{self.per_device_train_batch_size} does not divide into groups of "
             f"num_generations={self.num_generations}",
             "make it a multiple of trainer.num_generations",
+        )
+        _require(
+            self.confidence_samples >= 1
+            and self.num_generations % self.confidence_samples == 0
+            and self.num_generations // self.confidence_samples >= 2,
+            "trainer.confidence_samples",
+            f"{self.confidence_samples} does not split a group of num_generations="
+            f"{self.num_generations} into 2 or more answers",
+            "a divisor of trainer.num_generations (on a CPU, capped by "
+            "compute.cpu_scale.num_generations) at most half of it, e.g. 2 (1: off)",
         )
         _require(self.learning_rate > 0, "trainer.learning_rate", "must be > 0", "e.g. 1e-6")
         _require(self.beta >= 0, "trainer.beta", "must be >= 0", "e.g. trainer.beta=0.04")

@@ -130,6 +130,12 @@ def check(config: RunConfig, device: str) -> None:
         return
     if rollout.name == "hf":
         return
+    if config.trainer.confidence_samples > 1:
+        raise ValueError(
+            f"trainer.confidence_samples={config.trainer.confidence_samples} continues each "
+            f"answer in the training process, which rollout={rollout.name} does not generate in. "
+            "Fix: rollout=prefix_cache or rollout=hf, or trainer.confidence_samples=1"
+        )
     if device != "cuda":
         raise ValueError(
             f"rollout={rollout.name} needs CUDA GPUs and this job runs on {device}. "
@@ -158,16 +164,34 @@ def prefix_cache_rollout(prompts: list, trainer, batch_size: int) -> dict[str, l
     the sampled tokens' log-probabilities under the processed (temperature, top-k/top-p)
     distribution, vLLM's "processed logprobs": TRL reads them only for its importance-sampling
     and off-policy corrections. The prompts are tokenised by TRL's own `_tokenize_prompts` (trl is
-    pinned to 1.16.*), so they are the tokens TRL scores the completions after; the model is
-    unwrapped for generation as TRL does it (DDP, ZeRO-3 parameter gathering).
+    pinned to 1.16.*), so they are the tokens TRL scores the completions after.
     """
+    prompt_ids, _, _ = trainer._tokenize_prompts(prompts)
+    generated = sample_policy(trainer, prompt_ids, batch_size)
+    return {
+        "prompt_ids": [list(ids) for ids in prompt_ids],
+        "completion_ids": generated.token_ids,
+        "logprobs": generated.logprobs,
+    }
+
+
+def sample_policy(
+    trainer,
+    prompt_ids: Sequence[Sequence[int]],
+    batch_size: int,
+    samples_per_prompt: int = 1,
+    max_new_tokens: int | None = None,
+):
+    """`samples_per_prompt` completions of each token prompt, sampled by the trainer's policy
+    through `entropic.generation` with the trainer's sampling settings and stop tokens
+    (`max_new_tokens` defaults to its completion length), with their log-probabilities. The
+    model is unwrapped for generation as TRL does it (DDP, ZeRO-3 parameter gathering)."""
     # imported when a rollout runs: the launcher and the config checks import this module too
     from trl.extras.profiling import profiling_context
     from trl.models.utils import unwrap_model_for_generation
 
     from entropic.generation import Sampling, generate
 
-    prompt_ids, _, _ = trainer._tokenize_prompts(prompts)
     args = trainer.args
     with (
         profiling_context(trainer, "prefix_cache.generate"),
@@ -178,23 +202,19 @@ def prefix_cache_rollout(prompts: list, trainer, batch_size: int) -> dict[str, l
             gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs,
         ) as model,
     ):
-        generated = generate(
+        return generate(
             model,
             prompt_ids,
-            max_new_tokens=trainer.max_completion_length,
+            max_new_tokens=max_new_tokens or trainer.max_completion_length,
             stop_ids=trainer.eos_token_ids,
             pad_token_id=trainer.processing_class.pad_token_id,
+            samples_per_prompt=samples_per_prompt,
             sampling=Sampling(
                 temperature=trainer.temperature, top_p=trainer.top_p, top_k=trainer.top_k or 0
             ),
             batch_size=batch_size,
             logprobs=True,
         )
-    return {
-        "prompt_ids": [list(ids) for ids in prompt_ids],
-        "completion_ids": generated.token_ids,
-        "logprobs": generated.logprobs,
-    }
 
 
 def server_command(

@@ -1,10 +1,11 @@
 """GRPO training (the `trainer` and `adapter` config groups): our config -> `trl.GRPOConfig` ->
 `GRPOTrainer`.
 
-Nothing here subclasses the trainer; everything goes through TRL's documented hooks: the rewards
-are plain callables, LoRA is `peft_config`, rollout=prefix_cache and the confidence-only loss are
-a `rollout_func` (the latter returns an `env_mask`), MLflow logging and the periodic held-out
-evaluation are `callbacks`.
+Everything goes through TRL's documented hooks: the rewards are plain callables, LoRA is
+`peft_config`, rollout=prefix_cache, the confidence-only loss and the K confidences per answer are
+a `rollout_func` (the loss mask is its `env_mask`), MLflow logging and the periodic held-out
+evaluation are `callbacks`. The one subclass, `AnswerThenConfidenceTrainer`, exists only with
+`trainer.confidence_samples` > 1: TRL has no hook for the advantages it splits.
 
 In MLflow the Trainer's metrics are `train/<name>` (TRL's per-step metrics, our
 `train/calibration/*`), except where `TRAINER_NAMES` gives one quantity one name: the wall times
@@ -28,7 +29,7 @@ from trl import GRPOConfig, GRPOTrainer
 from entropic.config import AdapterConfig, EvalConfig, PromptConfig, RunConfig
 from entropic.evaluate import evaluate_sets, metric_prefix
 from entropic.parsing import confidence_key_start
-from entropic.rollout import grpo_kwargs, prefix_cache_rollout
+from entropic.rollout import grpo_kwargs, prefix_cache_rollout, sample_policy
 from entropic.tracking import log_evaluation, log_metrics
 
 # The Trainer's log keys that MLflow gets under another name (None: not logged), so each
@@ -155,22 +156,32 @@ def check_target_modules(adapter: AdapterConfig, checkpoint: str) -> None:
         )
 
 
-def confidence_mask(completion_ids: list[int], tokenizer, fmt: str = "lines") -> list[int]:
-    """1 for the tokens from the `Confidence` key on, 0 for the answer before it.
+def confidence_start(completion_ids: list[int], tokenizer, fmt: str = "lines") -> int | None:
+    """Index of the first token of the `Confidence` key, or None when the completion has none.
 
     The key is found as `parse_completion` finds it (`confidence_key_start`), so an answer that
-    merely contains the word ("The Confidence-Man") stays masked. A completion without the key
-    keeps every token (1), so the format penalty still teaches the format.
+    merely contains the word ("The Confidence-Man") is not taken for it.
     """
     key_start = confidence_key_start(tokenizer.decode(completion_ids), fmt)
     if key_start is None:
-        return [1] * len(completion_ids)
+        return None
     # the first token whose decoded prefix reaches past the key's first character
-    start = next(
+    return next(
         end - 1
         for end in range(1, len(completion_ids) + 1)
         if len(tokenizer.decode(completion_ids[:end])) > key_start
     )
+
+
+def confidence_mask(completion_ids: list[int], tokenizer, fmt: str = "lines") -> list[int]:
+    """1 for the tokens from the `Confidence` key on, 0 for the answer before it.
+
+    A completion without the key keeps every token (1), so the format penalty still teaches the
+    format.
+    """
+    start = confidence_start(completion_ids, tokenizer, fmt)
+    if start is None:
+        return [1] * len(completion_ids)
     return [0] * start + [1] * (len(completion_ids) - start)
 
 
@@ -205,16 +216,149 @@ def with_confidence_mask(
     return masked
 
 
+def with_confidence_samples(
+    rollout: Callable[[list, GRPOTrainer], dict], samples: int, batch_size: int, fmt: str = "lines"
+) -> Callable:
+    """The `rollout_func` of `trainer.confidence_samples=K` (K > 1): one answer per K copies of a
+    prompt, and K confidences sampled after it.
+
+    TRL hands over each question G times in a row. Every run of K copies gets one completion from
+    `rollout`; the policy then samples K - 1 more continuations of that completion from its
+    `Confidence` key on (prompt + answer as the prefix). The run's K completions thus share one
+    answer and differ only in what follows the key, so `AnswerThenConfidenceTrainer` can compare
+    confidences for the same answer. A completion without the key is repeated K times: the
+    format penalty still reaches it through the answer's advantage. Continuations are cut at the
+    trainer's completion length, counted from the start of the answer.
+    """
+
+    def nested(prompts: list, trainer: GRPOTrainer) -> dict:
+        if len(prompts) % samples or any(
+            prompts[i] != prompts[i - i % samples] for i in range(len(prompts))
+        ):
+            raise RuntimeError(
+                f"trainer.confidence_samples={samples}: TRL did not hand over each prompt in runs "
+                f"of {samples} identical copies ({len(prompts)} prompts)"
+            )
+        first = rollout(prompts[::samples], trainer)
+        tokenizer = trainer.processing_class
+        starts = [confidence_start(ids, tokenizer, fmt) for ids in first["completion_ids"]]
+        keyed = [i for i, start in enumerate(starts) if start is not None]
+        longest = trainer.max_completion_length
+        more = None
+        if keyed:
+            prefixes = [
+                list(first["prompt_ids"][i]) + list(first["completion_ids"][i][: starts[i]])
+                for i in keyed
+            ]
+            more = sample_policy(
+                trainer,
+                prefixes,
+                batch_size,
+                samples_per_prompt=samples - 1,
+                max_new_tokens=max(longest - min(starts[i] for i in keyed), 1),
+            )
+        has_logprobs = first.get("logprobs") is not None
+        prompt_ids, completion_ids, logprobs = [], [], []
+        row = {i: n for n, i in enumerate(keyed)}
+        for i, ids in enumerate(first["completion_ids"]):
+            prompt_ids += [list(first["prompt_ids"][i])] * samples
+            completion_ids.append(list(ids))
+            if has_logprobs:
+                logprobs.append(list(first["logprobs"][i]))
+            for k in range(samples - 1):
+                if i not in row:
+                    completion_ids.append(list(ids))
+                    if has_logprobs:
+                        logprobs.append(list(first["logprobs"][i]))
+                    continue
+                start, sample = starts[i], row[i] * (samples - 1) + k
+                tail = more.token_ids[sample][: longest - start]
+                completion_ids.append(list(ids[:start]) + list(tail))
+                if has_logprobs:
+                    tail_logprobs = more.logprobs[sample][: longest - start]
+                    logprobs.append(list(first["logprobs"][i][:start]) + list(tail_logprobs))
+        return {
+            "prompt_ids": prompt_ids,
+            "completion_ids": completion_ids,
+            "logprobs": logprobs if has_logprobs else None,
+        }
+
+    return nested
+
+
+def split_advantages(
+    advantages: torch.Tensor, starts: list[int | None], samples: int, length: int
+) -> torch.Tensor:
+    """Per-token advantages of runs of `samples` completions that share an answer.
+
+    TRL's advantage of a completion is its reward minus its question's mean (divided by a scale
+    the whole question shares). Split at the `Confidence` key: the answer's tokens get the mean
+    advantage of their run (how much better this answer did than the question's others), the
+    confidence's tokens the completion's advantage minus that mean (how much better this
+    confidence did than the others stated for the same answer). A completion without the key
+    (start None) keeps its advantage on every token. Shape (completions, length).
+    """
+    runs = advantages.view(-1, samples)
+    answer = runs.mean(dim=1).repeat_interleave(samples)
+    split = answer.unsqueeze(1).repeat(1, length)
+    for i, start in enumerate(starts):
+        if start is None:
+            split[i] = advantages[i]
+        else:
+            split[i, start:] = advantages[i] - answer[i]
+    return split
+
+
+class AnswerThenConfidenceTrainer(GRPOTrainer):
+    """GRPOTrainer for `trainer.confidence_samples=K` > 1: the advantages of each run of K
+    completions that share an answer are split between the answer and its confidence
+    (`split_advantages`).
+
+    TRL 1.16 has no hook for the advantages, so this is the one subclass: it changes nothing but
+    the `advantages` of a training batch, which TRL's loss takes per token by design (its
+    `_compute_loss` accepts shape (B, T) "to support subclasses"). The rewards, the groups and
+    their statistics (`frac_reward_zero_std`, reward std) are TRL's, over whole questions.
+    """
+
+    def __init__(self, *args, confidence_samples: int, prompt_format: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.confidence_samples = confidence_samples
+        self.prompt_format = prompt_format
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        if not self.model.training:
+            return output
+        lengths = output["completion_mask"].sum(dim=1).tolist()
+        starts = [
+            confidence_start(ids[: int(n)].tolist(), self.processing_class, self.prompt_format)
+            for ids, n in zip(output["completion_ids"], lengths, strict=True)
+        ]
+        output["advantages"] = split_advantages(
+            output["advantages"],
+            starts,
+            self.confidence_samples,
+            output["completion_ids"].size(1),
+        )
+        return output
+
+
 def rollout_func(cfg: RunConfig) -> Callable[[list, GRPOTrainer], dict] | None:
     """GRPOTrainer's `rollout_func`: rollout=prefix_cache generates through entropic.generation,
+    `trainer.confidence_samples` > 1 samples K confidences per answer, and
     `trainer.loss_tokens=confidence` masks the answer tokens of whatever generated them; None
     leaves generation to TRL."""
+    samples = cfg.trainer.confidence_samples
     if cfg.rollout.name == "prefix_cache":
         generate = functools.partial(prefix_cache_rollout, batch_size=cfg.rollout.batch_size)
-    elif cfg.trainer.loss_tokens == "confidence":
+    elif cfg.trainer.loss_tokens == "confidence" or samples > 1:
         generate = trl_rollout
     else:
         return None
+    if samples > 1:
+        generate = with_confidence_samples(
+            generate, samples, cfg.rollout.batch_size, cfg.prompt.format
+        )
     if cfg.trainer.loss_tokens != "confidence":
         return generate
     return with_confidence_mask(generate, cfg.prompt.format)
@@ -319,7 +463,15 @@ def build_trainer(
                     run_id,
                 )
             )
-    return GRPOTrainer(
+    nested = {}
+    trainer_class = GRPOTrainer
+    if cfg.trainer.confidence_samples > 1:
+        trainer_class = AnswerThenConfidenceTrainer
+        nested = {
+            "confidence_samples": cfg.trainer.confidence_samples,
+            "prompt_format": cfg.prompt.format,
+        }
+    return trainer_class(
         model=checkpoint,
         reward_funcs=rewards,
         args=build_grpo_config(cfg, output_dir, device, dtype),
@@ -328,6 +480,7 @@ def build_trainer(
         callbacks=callbacks,
         peft_config=peft_config(cfg.adapter, checkpoint),
         rollout_func=rollout_func(cfg),
+        **nested,
     )
 
 
