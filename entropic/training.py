@@ -258,25 +258,25 @@ def with_confidence_samples(
                 max_new_tokens=max(longest - min(starts[i] for i in keyed), 1),
             )
         has_logprobs = first.get("logprobs") is not None
+        # the K - 1 continuations of each keyed answer, prompt-major as `generate` returns them
+        continuations = zip(more.token_ids, more.logprobs, strict=True) if more else iter(())
         prompt_ids, completion_ids, logprobs = [], [], []
-        row = {i: n for n, i in enumerate(keyed)}
         for i, ids in enumerate(first["completion_ids"]):
-            prompt_ids += [list(first["prompt_ids"][i])] * samples
+            start = starts[i]
+            answer_logprobs = first["logprobs"][i] if has_logprobs else []
             completion_ids.append(list(ids))
-            if has_logprobs:
-                logprobs.append(list(first["logprobs"][i]))
-            for k in range(samples - 1):
-                if i not in row:
+            logprobs.append(list(answer_logprobs))
+            for _ in range(samples - 1):
+                if start is None:
                     completion_ids.append(list(ids))
-                    if has_logprobs:
-                        logprobs.append(list(first["logprobs"][i]))
+                    logprobs.append(list(answer_logprobs))
                     continue
-                start, sample = starts[i], row[i] * (samples - 1) + k
-                tail = more.token_ids[sample][: longest - start]
-                completion_ids.append(list(ids[:start]) + list(tail))
-                if has_logprobs:
-                    tail_logprobs = more.logprobs[sample][: longest - start]
-                    logprobs.append(list(first["logprobs"][i][:start]) + list(tail_logprobs))
+                tail, tail_logprobs = next(continuations)
+                completion_ids.append(list(ids[:start]) + list(tail[: longest - start]))
+                logprobs.append(
+                    list(answer_logprobs[:start]) + list(tail_logprobs[: longest - start])
+                )
+            prompt_ids += [list(first["prompt_ids"][i])] * samples
         return {
             "prompt_ids": prompt_ids,
             "completion_ids": completion_ids,

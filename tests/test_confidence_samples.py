@@ -188,7 +188,7 @@ def test_a_grpo_step_compares_confidences_of_the_same_answer(
     # without one would mean the rollout lost them
     assert keyed >= 2
 
-    ((batch,),) = [batches]
+    (batch,) = batches
     advantages, mask = batch["advantages"], batch["completion_mask"]
     assert advantages.shape == batch["completion_ids"].shape
     for run in range(0, 16, 2):
