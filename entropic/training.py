@@ -119,7 +119,8 @@ def linear_names(model: nn.Module) -> list[str]:
 
 
 def check_target_modules(adapter: AdapterConfig, checkpoint: str) -> None:
-    """Reject LoRA target modules the model does not have, without loading any weights.
+    """Reject LoRA target modules the model does not have, or its output head (which TRL does not
+    train), without loading any weights.
 
     The architecture is built on the meta device from the checkpoint's config.json, so this costs
     milliseconds; peft itself would only fail after the weights had loaded. Names are matched by
@@ -153,6 +154,24 @@ def check_target_modules(adapter: AdapterConfig, checkpoint: str) -> None:
             f"adapter.target_modules: no {kind} named by {missing} in this model. Fix: "
             f"adapter.target_modules=all-linear, or a list of names from {linear}, e.g. "
             f"'adapter.target_modules=[{linear[0]}]'"
+        )
+    head = next(
+        name for name, module in model.named_modules() if module is model.get_output_embeddings()
+    )
+    on_head = [
+        entry
+        for entry in entries
+        if check_target_module_exists(
+            LoraConfig(target_modules=entry if isinstance(wanted, str) else [entry]), head
+        )
+    ]
+    if on_head:
+        # TRL 1.16 computes log-probabilities from the head's weight directly and refuses it, but
+        # only after the base evaluation has run
+        raise ValueError(
+            f"adapter.target_modules: {on_head} names the output head ({head}), which TRL "
+            f"cannot train (it multiplies the head's weight directly). Fix: name the decoder's "
+            f"modules only, e.g. 'adapter.target_modules=[{linear_names(model)[0]}]'"
         )
 
 

@@ -477,6 +477,22 @@ def test_the_target_module_check_loads_no_weights(
         prepare(cfg)
 
 
+@pytest.mark.parametrize("target_modules", ["[q_proj,lm_head]", "lm_h.*"])
+def test_an_adapter_on_the_output_head_is_rejected_before_any_weights_load(
+    target_modules, weightless_checkpoint, tmp_path
+):
+    # why: TRL 1.16 refuses a LoRA on lm_head (it multiplies the head's weight directly), but
+    # only after the model and the base evaluation have run; the check says so from config.json
+    overrides = [
+        "model=local",
+        f"model.path={weightless_checkpoint}",
+        f"adapter.target_modules={target_modules}",
+    ]
+    with pytest.raises(ConfigError, match="output head") as err:
+        prepare(compose_config(overrides, tmp_path))
+    assert "Fix:" in str(err.value)
+
+
 def test_prepare_accepts_a_dotted_module_name(tmp_path, embedded_checkpoint):
     # why: peft matches a target to any module whose name ends with ".<target>", so
     # self_attn.q_proj adapts q_proj in every layer (the tiny model takes it: 512 weights at r=2)
