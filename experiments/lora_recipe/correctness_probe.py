@@ -64,6 +64,15 @@ from entropic.prompting import build_messages  # noqa: E402
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
+def study_context(overrides: list[str]):
+    """The run's context as a train job prepares it (config, policy, splits), for Hydra
+    overrides; none: the demo's (+experiment=scarce_mixed)."""
+    overrides = overrides or ["+experiment=scarce_mixed"]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", [*overrides, f"output_dir={tempfile.mkdtemp()}"])
+    return prepare(cfg)
+
+
 def probe_inputs(tokenizer, prompt, predictions) -> tuple[list[list[int]], list[tuple[int, int]]]:
     """Token ids up to the stated number of each parsed completion, and where its answer line
     starts and ends (to score the answer's log-probability)."""
@@ -110,10 +119,7 @@ def main() -> None:
     args, overrides = parser.parse_known_args()
     # scikit-learn 1.9 announces a change of LogisticRegressionCV's attributes on every fit
     warnings.filterwarnings("ignore", category=FutureWarning, module="sklearn")
-    overrides = overrides or ["+experiment=scarce_mixed"]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", [*overrides, f"output_dir={tempfile.mkdtemp()}"])
-    context = prepare(cfg)
+    context = study_context(overrides)
     config = context.config
     model = context.policy.load_model()
     if args.adapter is not None:

@@ -37,18 +37,18 @@ from pathlib import Path
 
 import datasets
 import torch
-from hydra import compose, initialize_config_dir
 from peft import get_peft_model
 from trl import SFTConfig, SFTTrainer
 
 from entropic.evaluate import evaluate
 from entropic.generation import chat_prompt_ids
-from entropic.jobs.context import prepare
 from entropic.parsing import confidence_key_start
 from entropic.prompting import build_messages
 from entropic.training import peft_config
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from correctness_probe import study_context  # noqa: E402
+
 # the target value of a right and of a wrong answer: the ends of the few-shot scale (90, 40, 10)
 TARGETS = {True: 90, False: 10}
 METRICS = (
@@ -88,10 +88,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     args, overrides = parser.parse_known_args()
-    overrides = overrides or ["+experiment=scarce_mixed"]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", [*overrides, f"output_dir={tempfile.mkdtemp()}"])
-    context = prepare(cfg)
+    context = study_context(overrides)
     config = context.config
     tokenizer = context.policy.tokenizer
     model = context.policy.load_model()

@@ -1,0 +1,120 @@
+"""The demo with a centred read-out: does what `readout_simulation.py` finds hold in a real run?
+
+`readout_simulation.py` finds that the inputs of every adapted module, where the confidence is
+written, are ~99% one constant vector, and that a replayed policy gradient on a LoRA of the last
+layer's `down_proj` learns to rank held-out answers only when that input is centred. This script
+runs the real GRPO job with such an adapter:
+
+    python experiments/lora_recipe/centred_readout_run.py [--first-digit] [--mean-questions 400] \
+        +experiment=scarce_mixed 'adapter.target_modules=[down_proj]' adapter.top_layers=1 \
+        trainer.loss_tokens=confidence [other overrides of entropic.run]
+
+1. The mean input of the last layer's `down_proj` at the position where the first digit of the
+   stated number is predicted, over the base model's greedy answers to `--mean-questions`
+   questions of the training pool (never the held-out ones).
+2. The train job (`python -m entropic.run` with the overrides), with peft's LoRA on that module
+   seeing x - mean instead of x: its dropout slot (an identity at `adapter.dropout=0`) is
+   replaced by the subtraction, so the base layer is untouched and peft trains A and B as ever.
+   The replacement is not saved with the adapter: the job's own evaluation (same process) uses
+   it, a later `PeftModel.from_pretrained` would not.
+3. `--first-digit`: the policy-gradient loss on the number's first digit alone (under
+   `trainer.loss_tokens=confidence` it covers the key and every digit), since only that
+   position's input is centred by this mean.
+
+A study tool, not a project option: it patches `entropic.jobs.train.build_trainer` and
+`entropic.training.confidence_mask` in this process. Findings (2026-11-29, AMD EPYC) are in
+README.md beside this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import runpy
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import entropic.jobs.train as train_job
+import entropic.training as training
+from entropic.evaluate import evaluate
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from correctness_probe import probe_inputs, study_context  # noqa: E402
+from readout_simulation import last_position_inputs  # noqa: E402
+
+
+class Centre(nn.Module):
+    """x - mean, in x's dtype: in peft's dropout slot, the LoRA path's input."""
+
+    def __init__(self, mean: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mean", mean.clone(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - self.mean.to(x.dtype)
+
+
+def down_proj_mean(overrides: list[str], questions: int) -> torch.Tensor:
+    context = study_context(overrides)
+    config, tokenizer = context.config, context.policy.tokenizer
+    model = context.policy.load_model()
+    model.eval()
+    pool = context.splits.train
+    predictions, _ = evaluate(
+        model,
+        tokenizer,
+        pool.select(range(min(questions, len(pool)))),
+        config.prompt,
+        config.eval,
+        config.generation.name,
+    )
+    predictions = predictions.dropna(subset=["confidence"]).reset_index(drop=True)
+    inputs, _ = probe_inputs(tokenizer, config.prompt, predictions)
+    return last_position_inputs(model, tokenizer, inputs)["mlp.down_proj"].mean(0)
+
+
+def first_digit_mask(completion_ids: list[int], tokenizer, fmt: str = "lines") -> list[int]:
+    """1 for the first digit after the `Confidence` key alone; a completion without the key
+    keeps every token, as `confidence_mask` does."""
+    start = training.confidence_start(completion_ids, tokenizer, fmt)
+    if start is None:
+        return [1] * len(completion_ids)
+    mask = [0] * len(completion_ids)
+    for i in range(start, len(completion_ids)):
+        if any(ch.isdigit() for ch in tokenizer.decode([completion_ids[i]])):
+            mask[i] = 1
+            break
+    return mask
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--first-digit", action="store_true")
+    parser.add_argument("--mean-questions", type=int, default=400)
+    args, overrides = parser.parse_known_args()
+    mean = down_proj_mean([o for o in overrides if not o.startswith("hydra.")], args.mean_questions)
+    build = train_job.build_trainer
+
+    def centred(*positional, **named):
+        trainer = build(*positional, **named)
+        last = trainer.model.get_base_model().model.layers[-1].mlp.down_proj
+        if not hasattr(last, "lora_dropout"):
+            raise SystemExit(
+                "no LoRA on the last layer's down_proj: run with "
+                "'adapter.target_modules=[down_proj]' adapter.top_layers=1"
+            )
+        for name in last.lora_dropout:
+            last.lora_dropout[name] = Centre(mean)
+        return trainer
+
+    train_job.build_trainer = centred
+    if args.first_digit:
+        training.confidence_mask = first_digit_mask
+    sys.argv = [sys.argv[0], *overrides]
+    runpy.run_module("entropic.run", run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
