@@ -5,7 +5,8 @@ written, are ~99% one constant vector, and that a replayed policy gradient on a 
 layer's `down_proj` learns to rank held-out answers only when that input is centred. This script
 runs the real GRPO job with such an adapter:
 
-    python experiments/lora_recipe/centred_readout_run.py [--first-digit] [--mean-questions 400] \
+    python experiments/lora_recipe/centred_readout_run.py [--first-digit] [--radius R] \
+        [--mean-questions 400] \
         +experiment=scarce_mixed 'adapter.target_modules=[down_proj]' adapter.top_layers=1 \
         trainer.loss_tokens=confidence [other overrides of entropic.run]
 
@@ -17,7 +18,12 @@ runs the real GRPO job with such an adapter:
    replaced by the subtraction, so the base layer is untouched and peft trains A and B as ever.
    The replacement is not saved with the adapter: the job's own evaluation (same process) uses
    it, a later `PeftModel.from_pretrained` would not.
-3. `--first-digit`: the policy-gradient loss on the number's first digit alone (under
+3. `--radius R`: the read-out acts only where the input is within R of the mean. At the first
+   digit's position the base model's inputs lie 15 (median) to 32 from it; at every token of
+   the answer and the key they lie 154 or more away (a scratch measurement on the base model's
+   greedy answers to 300 training questions, every answer and key position of 60 of them), so
+   R = 80 keeps the adapter off the answers.
+4. `--first-digit`: the policy-gradient loss on the number's first digit alone (under
    `trainer.loss_tokens=confidence` it covers the key and every digit), since only that
    position's input is centred by this mean.
 
@@ -46,14 +52,21 @@ from readout_simulation import last_position_inputs  # noqa: E402
 
 
 class Centre(nn.Module):
-    """x - mean, in x's dtype: in peft's dropout slot, the LoRA path's input."""
+    """x - mean, in x's dtype: in peft's dropout slot, the LoRA path's input. With a radius,
+    zero wherever x is further than that from the mean: the read-out then acts only at states
+    like the ones the mean was taken from (the first digit's position), not at the answer's."""
 
-    def __init__(self, mean: torch.Tensor):
+    def __init__(self, mean: torch.Tensor, radius: float | None = None):
         super().__init__()
         self.register_buffer("mean", mean.clone(), persistent=False)
+        self.radius = radius
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x - self.mean.to(x.dtype)
+        centred = x - self.mean.to(x.dtype)
+        if self.radius is None:
+            return centred
+        near = centred.norm(dim=-1, keepdim=True) < self.radius
+        return centred * near
 
 
 def down_proj_mean(overrides: list[str], questions: int) -> torch.Tensor:
@@ -93,6 +106,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--first-digit", action="store_true")
     parser.add_argument("--mean-questions", type=int, default=400)
+    parser.add_argument("--radius", type=float, help="gate the read-out to states this near")
     args, overrides = parser.parse_known_args()
     mean = down_proj_mean([o for o in overrides if not o.startswith("hydra.")], args.mean_questions)
     build = train_job.build_trainer
@@ -106,7 +120,7 @@ def main() -> None:
                 "'adapter.target_modules=[down_proj]' adapter.top_layers=1"
             )
         for name in last.lora_dropout:
-            last.lora_dropout[name] = Centre(mean)
+            last.lora_dropout[name] = Centre(mean, args.radius)
         return trainer
 
     train_job.build_trainer = centred
