@@ -137,16 +137,13 @@ def check_target_modules(adapter: AdapterConfig, checkpoint: str) -> None:
     names = [name for name, _ in model.named_modules()]
     wanted = adapter.target_modules
     entries = [wanted] if isinstance(wanted, str) else list(wanted)
-    missing = [
-        entry
-        for entry in entries
-        if not any(
-            check_target_module_exists(
-                LoraConfig(target_modules=entry if isinstance(wanted, str) else [entry]), name
-            )
-            for name in names
-        )
-    ]
+
+    def matches(entry: str, name: str) -> bool:
+        # a string is one regular expression; a list entry is a name or a dotted suffix
+        config = LoraConfig(target_modules=entry if isinstance(wanted, str) else [entry])
+        return bool(check_target_module_exists(config, name))
+
+    missing = [entry for entry in entries if not any(matches(entry, name) for name in names)]
     if missing:
         linear = linear_names(model)
         kind = "regular expression (a string) matches" if isinstance(wanted, str) else "module is"
@@ -155,16 +152,9 @@ def check_target_modules(adapter: AdapterConfig, checkpoint: str) -> None:
             f"adapter.target_modules=all-linear, or a list of names from {linear}, e.g. "
             f"'adapter.target_modules=[{linear[0]}]'"
         )
-    head = next(
-        name for name, module in model.named_modules() if module is model.get_output_embeddings()
-    )
-    on_head = [
-        entry
-        for entry in entries
-        if check_target_module_exists(
-            LoraConfig(target_modules=entry if isinstance(wanted, str) else [entry]), head
-        )
-    ]
+    output_head = model.get_output_embeddings()
+    head = next(name for name, module in model.named_modules() if module is output_head)
+    on_head = [entry for entry in entries if matches(entry, head)]
     if on_head:
         # TRL 1.16 computes log-probabilities from the head's weight directly and refuses it, but
         # only after the base evaluation has run

@@ -44,11 +44,10 @@ from torch import nn
 
 import entropic.jobs.train as train_job
 import entropic.training as training
-from entropic.evaluate import evaluate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from correctness_probe import probe_inputs, study_context  # noqa: E402
-from readout_simulation import last_position_inputs  # noqa: E402
+from correctness_probe import study_context  # noqa: E402
+from readout_simulation import answer_states  # noqa: E402
 
 
 class Centre(nn.Module):
@@ -70,22 +69,14 @@ class Centre(nn.Module):
 
 
 def down_proj_mean(overrides: list[str], questions: int) -> torch.Tensor:
+    """The mean input of the last layer's down_proj where the first digit is predicted, over the
+    base model's greedy answers to the first `questions` of the training pool."""
     context = study_context(overrides)
-    config, tokenizer = context.config, context.policy.tokenizer
     model = context.policy.load_model()
     model.eval()
     pool = context.splits.train
-    predictions, _ = evaluate(
-        model,
-        tokenizer,
-        pool.select(range(min(questions, len(pool)))),
-        config.prompt,
-        config.eval,
-        config.generation.name,
-    )
-    predictions = predictions.dropna(subset=["confidence"]).reset_index(drop=True)
-    inputs, _ = probe_inputs(tokenizer, config.prompt, predictions)
-    return last_position_inputs(model, tokenizer, inputs)["mlp.down_proj"].mean(0)
+    states, _ = answer_states(context, model, pool.select(range(min(questions, len(pool)))))
+    return states["mlp.down_proj"].mean(0)
 
 
 def first_digit_mask(completion_ids: list[int], tokenizer, fmt: str = "lines") -> list[int]:

@@ -44,6 +44,7 @@ import itertools
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -55,7 +56,7 @@ from correctness_probe import probe_inputs, study_context  # noqa: E402
 
 
 @torch.no_grad()
-def last_position_inputs(model, tokenizer, inputs) -> dict[str, torch.Tensor]:
+def last_position_inputs(model, inputs) -> dict[str, torch.Tensor]:
     """Inputs of the last layer's Linear modules, of the final norm's residual and of the output
     head at the position after "Confidence:" + the model's next token, one row per answer."""
     layer = model.model.layers[-1]
@@ -82,6 +83,18 @@ def last_position_inputs(model, tokenizer, inputs) -> dict[str, torch.Tensor]:
         for hook in hooks:
             hook.remove()
     return {name: torch.stack(rows) for name, rows in caught.items()}
+
+
+def answer_states(context, model, questions) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+    """The model's greedy answers to `questions` (the run's prompt and engine), graded: the
+    `last_position_inputs` of those with a stated number, and whether each is right."""
+    config, tokenizer = context.config, context.policy.tokenizer
+    predictions, _ = evaluate(
+        model, tokenizer, questions, config.prompt, config.eval, config.generation.name
+    )
+    predictions = predictions.dropna(subset=["confidence"]).reset_index(drop=True)
+    inputs, _ = probe_inputs(tokenizer, config.prompt, predictions)
+    return last_position_inputs(model, inputs), predictions["correct"].to_numpy(int)
 
 
 def constant_share(x: torch.Tensor) -> float:
@@ -152,7 +165,6 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     args, overrides = parser.parse_known_args()
     context = study_context(overrides)
-    config = context.config
     model = context.policy.load_model()
     model.eval()
     tokenizer = context.policy.tokenizer
@@ -163,13 +175,7 @@ def main() -> None:
     }
     states, labels = {}, {}
     for name, questions in splits.items():
-        predictions, _ = evaluate(
-            model, tokenizer, questions, config.prompt, config.eval, config.generation.name
-        )
-        predictions = predictions.dropna(subset=["confidence"]).reset_index(drop=True)
-        inputs, _ = probe_inputs(tokenizer, config.prompt, predictions)
-        states[name] = last_position_inputs(model, tokenizer, inputs)
-        labels[name] = predictions["correct"].to_numpy(int)
+        states[name], labels[name] = answer_states(context, model, questions)
     print(
         f"{len(labels['train'])} training and {len(labels['held_out'])} held-out answers with a "
         f"stated number ({int(labels['held_out'].sum())} right)"
