@@ -90,6 +90,33 @@ ADAPTERS = ("lora", "full")
 
 
 @dataclass
+class CentreConfig:
+    """adapter.centre: a LoRA that reads its input centred where the stated number is written,
+    and only there (entropic.readout; experiments/lora_recipe/README.md, "a centred read-out")."""
+
+    # the mean is taken over the base model's greedy answers to the first N questions of the
+    # training pool (their inputs where the number's first digit is predicted; no labels used)
+    questions: int = 400
+    # the adapter acts where its input lies within radius x (the median distance of those
+    # inputs from their mean) of the mean, and reads zero elsewhere (the answer's tokens lie
+    # ~10 medians away on SmolLM2's last down_proj: the answers stay the base model's)
+    radius: float = 5.0
+    # what is left of the mean, along its direction, in the same medians: 0 centres fully, so
+    # the adapter can rank answers but barely move their level; > 0 lets it move the level too
+    level: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(
+            isinstance(self.questions, int) and self.questions > 0,
+            "adapter.centre.questions",
+            f"{self.questions} is not a positive number of questions",
+            "adapter.centre.questions=400",
+        )
+        _require(self.radius > 0, "adapter.centre.radius", "must be > 0", "adapter.centre.radius=5")
+        _require(self.level >= 0, "adapter.centre.level", "must be >= 0", "adapter.centre.level=0")
+
+
+@dataclass
 class AdapterConfig:
     # what GRPO trains: lora (peft adapters, as the reference's Tinker runs) | full (every weight)
     name: str = "lora"
@@ -108,10 +135,20 @@ class AdapterConfig:
     # adapters on the last N decoder layers only (null, or N >= the model's layers: every layer).
     # The backward pass stops at the lowest adapted layer, so a step costs less
     top_layers: int | None = None
+    # a read-out centred at the stated number (null: plain LoRA); adapter=readout sets it
+    centre: CentreConfig | None = None
 
     def __post_init__(self) -> None:
         _one_of(self.name, ADAPTERS, "adapter.name")
         _require(self.learning_rate > 0, "adapter.learning_rate", "must be > 0", "e.g. 1e-4")
+        if isinstance(self.centre, dict):
+            self.centre = _build(CentreConfig, self.centre, "adapter.centre")
+        _require(
+            self.centre is None or self.name == "lora",
+            "adapter.centre",
+            "centres a LoRA's input, and adapter.name is full",
+            "adapter=readout (a LoRA), or adapter.centre=null",
+        )
         if self.name != "lora":
             return
         _require(
@@ -259,7 +296,7 @@ class SemanticConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-LOSS_TOKENS = ("all", "confidence")
+LOSS_TOKENS = ("all", "confidence", "first_digit")
 # trl.GRPOConfig fields entropic fills in from another key, and that key: a pass-through
 # (trainer.grpo.<field>) of one of them is refused, naming the key that sets it
 TRL_FIELDS_SET_ELSEWHERE = {
@@ -331,7 +368,8 @@ class TrainerConfig:
     gradient_checkpointing: bool = False
     # which completion tokens the policy-gradient loss covers: all | confidence (from the
     # `Confidence` key on; the answer tokens then keep the base model's distribution up to the
-    # shared weights) (entropic's own)
+    # shared weights) | first_digit (the number's first digit alone, for adapter=readout)
+    # (entropic's own)
     loss_tokens: str = "all"
     # confidences sampled after each sampled answer (1: one completion per answer, as the
     # reference). K > 1: the G completions of a question are G / K answers with K confidences

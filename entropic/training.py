@@ -182,6 +182,32 @@ def confidence_start(completion_ids: list[int], tokenizer, fmt: str = "lines") -
     )
 
 
+def first_digit(completion_ids: list[int], tokenizer, fmt: str = "lines") -> int | None:
+    """Index of the first token with a digit after the `Confidence` key (the stated number's
+    first digit), or None when the completion has no key or no digit after it."""
+    start = confidence_start(completion_ids, tokenizer, fmt)
+    if start is None:
+        return None
+    return next(
+        (
+            i
+            for i in range(start, len(completion_ids))
+            if any(ch.isdigit() for ch in tokenizer.decode([completion_ids[i]]))
+        ),
+        None,
+    )
+
+
+def first_digit_mask(completion_ids: list[int], tokenizer, fmt: str = "lines") -> list[int]:
+    """1 for the stated number's first digit alone (`trainer.loss_tokens=first_digit`, for a
+    read-out that acts only there: entropic.readout); a completion without one keeps every
+    token, as `confidence_mask` does."""
+    digit = first_digit(completion_ids, tokenizer, fmt)
+    if digit is None:
+        return [1] * len(completion_ids)
+    return [int(i == digit) for i in range(len(completion_ids))]
+
+
 def confidence_mask(completion_ids: list[int], tokenizer, fmt: str = "lines") -> list[int]:
     """1 for the tokens from the `Confidence` key on, 0 for the answer before it.
 
@@ -209,17 +235,22 @@ def trl_rollout(prompts: list, trainer: GRPOTrainer) -> dict:
     return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": logprobs}
 
 
+LOSS_MASKS = {"confidence": confidence_mask, "first_digit": first_digit_mask}
+
+
 def with_confidence_mask(
-    rollout: Callable[[list, GRPOTrainer], dict], fmt: str = "lines"
+    rollout: Callable[[list, GRPOTrainer], dict], fmt: str = "lines", tokens: str = "confidence"
 ) -> Callable:
-    """The `rollout_func` of `trainer.loss_tokens=confidence`: `rollout`'s completions with an
-    `env_mask` that keeps the answer tokens out of the loss, TRL's documented way to mask tokens
-    the policy should not be trained on. `fmt` (prompt.format) says which Confidence key counts."""
+    """The `rollout_func` of `trainer.loss_tokens=confidence` (or `first_digit`): `rollout`'s
+    completions with an `env_mask` that keeps the answer tokens (and, for `first_digit`, all
+    but the number's first digit) out of the loss, TRL's documented way to mask tokens the
+    policy should not be trained on. `fmt` (prompt.format) says which Confidence key counts."""
+    mask_of = LOSS_MASKS[tokens]
 
     def masked(prompts: list, trainer: GRPOTrainer) -> dict:
         output = rollout(prompts, trainer)
         tokenizer = trainer.processing_class
-        mask = [confidence_mask(ids, tokenizer, fmt) for ids in output["completion_ids"]]
+        mask = [mask_of(ids, tokenizer, fmt) for ids in output["completion_ids"]]
         return {**output, "env_mask": mask}
 
     return masked
@@ -355,12 +386,13 @@ class AnswerThenConfidenceTrainer(GRPOTrainer):
 def rollout_func(cfg: RunConfig) -> Callable[[list, GRPOTrainer], dict] | None:
     """GRPOTrainer's `rollout_func`: rollout=prefix_cache generates through entropic.generation,
     `trainer.confidence_samples` > 1 samples K confidences per answer, and
-    `trainer.loss_tokens=confidence` masks the answer tokens of whatever generated them; None
+    `trainer.loss_tokens=confidence` (or `first_digit`) masks the answer tokens of whatever
+    generated them; None
     leaves generation to TRL."""
     samples = cfg.trainer.confidence_samples
     if cfg.rollout.name == "prefix_cache":
         generate = functools.partial(prefix_cache_rollout, batch_size=cfg.rollout.batch_size)
-    elif cfg.trainer.loss_tokens == "confidence" or samples > 1:
+    elif cfg.trainer.loss_tokens != "all" or samples > 1:
         generate = trl_rollout
     else:
         return None
@@ -368,9 +400,9 @@ def rollout_func(cfg: RunConfig) -> Callable[[list, GRPOTrainer], dict] | None:
         generate = with_confidence_samples(
             generate, samples, cfg.rollout.batch_size, cfg.prompt.format
         )
-    if cfg.trainer.loss_tokens != "confidence":
+    if cfg.trainer.loss_tokens == "all":
         return generate
-    return with_confidence_mask(generate, cfg.prompt.format)
+    return with_confidence_mask(generate, cfg.prompt.format, cfg.trainer.loss_tokens)
 
 
 def mlflow_names(logs: dict[str, float], reward_weights: list[float] | None) -> dict[str, float]:

@@ -30,7 +30,7 @@ from hydra.types import RunMode
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from entropic import calibration, models, rollout, tracking
+from entropic import calibration, models, readout, rollout, tracking
 from entropic.compute import (
     Changed,
     apply_cpu_scale,
@@ -202,6 +202,7 @@ def checked_config(cfg: DictConfig) -> RunConfig:
     check_source(config.data.name, **config.data.options)
     check_sets(config.eval)
     check_parameters(config.reward)
+    readout.check(config)
     if rule.needs_target:
         # the entropy -> Platt targets are made in the train job; their keys are checked now
         calibration.check_pipeline(config)

@@ -32,7 +32,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from transformers.integrations import is_deepspeed_zero3_enabled
 
-from entropic import models, tracking
+from entropic import models, readout, tracking
 from entropic.compute import Changed, cpu_malloc
 from entropic.config import ConfigError, RunConfig
 from entropic.evaluate import (
@@ -275,6 +275,8 @@ def train(context: RunContext):
             if name == HELD_OUT or config.eval.sets[name].periodic
         },
     )
+    if config.adapter.centre is not None:
+        centre_readout(context, trainer, client, run_id)
     on_gpu = context.device == "cuda"
     if on_gpu:
         # the peak of training alone, not of the base evaluation before it
@@ -289,6 +291,28 @@ def train(context: RunContext):
         if on_gpu:
             tracking.log_metrics(client, run_id, gpu_memory(), step, "gpu/")
     return trainer
+
+
+def centre_readout(context: RunContext, trainer, client, run_id) -> None:
+    """adapter=readout: centre the LoRA layers' input at the stated number (entropic.readout),
+    from the base model's greedy answers to the training pool's first questions, or from the
+    checkpoint a resumed run continues."""
+    centres = readout.install(trainer.model)
+    if context.resume_from:
+        readout.restore(context.resume_from, centres)
+        return
+    pool = context.splits.train
+    questions = pool.select(range(min(context.config.adapter.centre.questions, len(pool))))
+    fitted = readout.fit(
+        trainer.model, context.policy.tokenizer, questions, context.config, centres
+    )
+    print(
+        f"read-out centred on {int(fitted['answers'])} greedy answers of {len(questions)} "
+        f"training-pool questions: gate radius {fitted['radius']:.1f} "
+        f"(median distance {fitted['median_distance']:.1f})"
+    )
+    if client is not None:
+        tracking.log_metrics(client, run_id, fitted, 0, "readout/")
 
 
 def gpu_memory() -> dict[str, float]:

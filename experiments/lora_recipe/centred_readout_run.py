@@ -27,9 +27,12 @@ runs the real GRPO job with such an adapter:
    `trainer.loss_tokens=confidence` it covers the key and every digit), since only that
    position's input is centred by this mean.
 
-A study tool, not a project option: it patches `entropic.jobs.train.build_trainer` and
-`entropic.training.confidence_mask` in this process. Findings (2026-11-29, AMD EPYC) are in
-README.md beside this file.
+The project option that grew out of it is `adapter=readout` with
+`trainer.loss_tokens=first_digit` (entropic/readout.py: the same read-out, saved with the
+adapter, its gate radius in median distances; a completion with a key and no digit there trains
+every token, here none). This script stays to rerun p25-p32 as they ran. It patches
+`entropic.jobs.train.build_trainer` and `entropic.training.confidence_mask` in this process.
+Findings (2026-11-29, AMD EPYC) are in README.md beside this file.
 """
 
 from __future__ import annotations

@@ -1,0 +1,204 @@
+"""A centred read-out for the stated number (`adapter=readout`, the `adapter.centre` block).
+
+Where SmolLM2 writes its confidence, the input of every module a LoRA can adapt is ~99% one
+constant vector (|mean|/rms .984-.998), so a LoRA's gradient moves the number for every answer
+alike, and GRPO slides to one value (experiments/lora_recipe/README.md, probes p1-p30). A LoRA
+whose input is centred there can rank answers instead; kept off the answer's tokens, it leaves
+the answers as the base model gives them (p32).
+
+This module makes that a LoRA option peft trains, saves and reloads. In each adapted layer's
+dropout slot (an identity at `adapter.dropout=0`) a `CentredInput` gives the adapter
+
+    (x - mean + level) if |x - mean| < radius else 0
+
+with the mean of x where the first digit of the number is predicted, over the base model's
+greedy answers to training-pool questions (no labels used). Its tensors are buffers whose names
+hold "lora_", so peft saves them in the adapter's file and `load_adapter` restores them: a
+checkpoint resumes with the same centring. A merge into the base weights cannot hold the gate,
+so vLLM rollouts (which merge) and ZeRO-3 are refused (`check`).
+"""
+
+from __future__ import annotations
+
+import datasets
+import torch
+from peft.tuners.lora import LoraLayer
+from safetensors.torch import load_file
+from torch import nn
+
+from entropic.config import CentreConfig, ConfigError, RunConfig
+from entropic.evaluate import evaluate
+from entropic.generation import chat_prompt_ids
+from entropic.prompting import build_messages
+from entropic.training import first_digit
+
+# peft saves the adapter's tensors whose names hold "lora_" (the dropout slot is lora_dropout)
+ADAPTER_FILE = "adapter_model.safetensors"
+BATCH = 16
+
+
+class CentredInput(nn.Module):
+    """The input a LoRA layer's adapter reads: x - mean + level where x lies within radius of
+    the mean, zero elsewhere. Buffers, so peft saves and reloads them with the adapter."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(width))
+        self.register_buffer("level", torch.zeros(width))
+        self.register_buffer("radius", torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centred = x - self.mean.to(x.dtype)
+        near = centred.norm(dim=-1, keepdim=True) < self.radius
+        return (centred + self.level.to(x.dtype)) * near
+
+
+def check(config: RunConfig) -> None:
+    """Refuse what cannot carry the gate; called before any weights load."""
+    if config.adapter.centre is None or not config.train:
+        return
+    if config.rollout.name.startswith("vllm"):
+        raise ConfigError(
+            f"adapter.centre: rollout={config.rollout.name} generates from the adapter merged "
+            "into the base weights, and a merge cannot hold the read-out's gate. Fix: "
+            "rollout=hf (or prefix_cache) with adapter=readout"
+        )
+    from entropic.launch import zero_stage
+
+    if zero_stage(config.compute) == 3:
+        raise ConfigError(
+            "adapter.centre: ZeRO-3 shards the read-out's layer across ranks. Fix: "
+            "compute=multi_gpu (or zero2) with adapter=readout"
+        )
+
+
+def lora_layers(model: nn.Module) -> dict[str, LoraLayer]:
+    """Every peft LoRA layer of the model, by name."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer)}
+
+
+def install(model: nn.Module) -> dict[str, CentredInput]:
+    """Put a zero `CentredInput` (a closed gate: the adapter reads zero) in the dropout slot of
+    every LoRA layer's adapters; `fit` or a checkpoint fills it."""
+    layers = lora_layers(model)
+    if not layers:
+        raise ValueError("adapter.centre: the model has no LoRA layers to centre")
+    installed = {}
+    for name, layer in layers.items():
+        for adapter in layer.lora_dropout:
+            centred = CentredInput(layer.in_features).to(layer.lora_A[adapter].weight.device)
+            layer.lora_dropout[adapter] = centred
+            installed[f"{name}.{adapter}"] = centred
+    return installed
+
+
+def number_positions(
+    model, tokenizer, questions: datasets.Dataset, config: RunConfig
+) -> list[list[int]]:
+    """Token ids of prompt + greedy answer up to the stated number's first digit (the model's
+    next token is that digit), one row per answer that states a number."""
+    predictions, _ = evaluate(
+        model, tokenizer, questions, config.prompt, config.eval, config.generation.name
+    )
+    rows = []
+    for question, completion in zip(
+        predictions["question"], predictions["completion"], strict=True
+    ):
+        ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        digit = first_digit(ids, tokenizer, config.prompt.format)
+        if digit is not None:
+            prompt = chat_prompt_ids(tokenizer, [build_messages(question, config.prompt)])[0]
+            rows.append(prompt + ids[:digit])
+    return rows
+
+
+@torch.no_grad()
+def layer_inputs(
+    model, rows: list[list[int]], layers: dict[str, nn.Module]
+) -> dict[str, torch.Tensor]:
+    """Each layer's input at the last token of every row, (rows, width) in float32. Rows are
+    right-padded in batches: causal attention keeps padding out of the real tokens."""
+    caught: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    last: torch.Tensor | None = None
+
+    def keep(name):
+        def hook(module, args):
+            caught[name].append(args[0][torch.arange(len(last)), last].float())
+
+        return hook
+
+    hooks = [layer.register_forward_pre_hook(keep(name)) for name, layer in layers.items()]
+    device = next(model.parameters()).device
+    try:
+        for start in range(0, len(rows), BATCH):
+            batch = rows[start : start + BATCH]
+            width = max(len(r) for r in batch)
+            ids = torch.zeros(len(batch), width, dtype=torch.long)
+            mask = torch.zeros(len(batch), width, dtype=torch.long)
+            for i, r in enumerate(batch):
+                ids[i, : len(r)] = torch.tensor(r)
+                mask[i, : len(r)] = 1
+            last = torch.tensor([len(r) - 1 for r in batch])
+            model(input_ids=ids.to(device), attention_mask=mask.to(device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {name: torch.cat(parts) for name, parts in caught.items()}
+
+
+def fit(
+    model,
+    tokenizer,
+    questions: datasets.Dataset,
+    config: RunConfig,
+    centres: dict[str, CentredInput],
+) -> dict[str, float]:
+    """Fill the installed centres from the model's greedy answers to `questions` (before any
+    training, the adapters are zero: these are the base model's answers and inputs). Returns
+    what a run logs: the answers used and, over the layers, the median distance and radius."""
+    cfg: CentreConfig = config.adapter.centre
+    layers = lora_layers(model)
+    was_training = model.training
+    model.eval()
+    try:
+        rows = number_positions(model, tokenizer, questions, config)
+        if len(rows) < 2:
+            raise ValueError(
+                f"adapter.centre: {len(rows)} of {len(questions)} greedy answers state a number; "
+                "a mean needs more. Fix: raise adapter.centre.questions"
+            )
+        inputs = layer_inputs(model, rows, layers)
+    finally:
+        model.train(was_training)
+    medians, radii = [], []
+    for key, centred in centres.items():
+        x = inputs[key.rsplit(".", 1)[0]]
+        mean = x.mean(0)
+        median = (x - mean).norm(dim=1).median()
+        centred.mean.copy_(mean)
+        centred.radius.fill_(float(cfg.radius * median))
+        centred.level.copy_(cfg.level * median * mean / mean.norm())
+        medians.append(float(median))
+        radii.append(float(centred.radius))
+    return {
+        "answers": float(len(rows)),
+        "median_distance": sum(medians) / len(medians),
+        "radius": sum(radii) / len(radii),
+    }
+
+
+def restore(checkpoint: str, centres: dict[str, CentredInput]) -> None:
+    """Fill the installed centres from a checkpoint's adapter file (the trainer's own resume
+    loads them too; doing it first refuses a checkpoint trained without a read-out)."""
+    saved = load_file(f"{checkpoint}/{ADAPTER_FILE}")
+    for key, centred in centres.items():
+        name = key.rsplit(".", 1)[0]
+        for buffer in ("mean", "level", "radius"):
+            stored = f"{name}.lora_dropout.{buffer}"
+            if stored not in saved:
+                raise ConfigError(
+                    f"adapter.centre: {checkpoint} holds no read-out centre for {name} (it was "
+                    "trained without adapter=readout). Fix: resume with the adapter it was "
+                    "trained with, or train in a new folder"
+                )
+            getattr(centred, buffer).copy_(saved[stored])

@@ -1,0 +1,218 @@
+"""adapter=readout (entropic.readout): the centred, gated input of a LoRA, its fit at the stated
+number's position, and its centre saved with the adapter and restored on resume; the
+first-digit loss mask that goes with it."""
+
+from __future__ import annotations
+
+import datasets
+import pytest
+import torch
+from peft import get_peft_model
+from safetensors.torch import load_file
+
+from entropic import models, readout
+from entropic.config import ConfigError, RunConfig
+from entropic.training import first_digit_mask, peft_config
+from tests.conftest import compose_config
+from tests.test_training import QUESTIONS, tiny_trainer
+
+READOUT = [
+    "adapter=readout",
+    "trainer.loss_tokens=first_digit",
+    "adapter.learning_rate=1e-2",
+    "trainer.save_steps=1",
+]
+
+
+def test_the_centred_input_by_hand():
+    centred = readout.CentredInput(3)
+    centred.mean.copy_(torch.tensor([1.0, 2.0, 3.0]))
+    centred.level.copy_(torch.tensor([0.5, 0.0, 0.0]))
+    centred.radius.fill_(2.0)
+    x = torch.tensor([[1.0, 2.0, 4.0], [5.0, 5.0, 5.0], [1.0, 2.0, 3.0]])
+    # row 0: x - mean = (0, 0, 1), |.| = 1 < 2 -> (0.5, 0, 1) with the level
+    # row 1: x - mean = (4, 3, 2), |.| = 5.39 >= 2 -> gated to zero
+    # row 2: x = mean -> the level alone
+    expected = torch.tensor([[0.5, 0.0, 1.0], [0.0, 0.0, 0.0], [0.5, 0.0, 0.0]])
+    assert torch.equal(centred(x), expected)
+    # why: a fresh centre (radius 0) is a closed gate, so an installed but unfitted read-out
+    # reads nothing
+    assert torch.equal(readout.CentredInput(3)(x), torch.zeros(3, 3))
+
+
+def test_readout_adapts_the_last_down_proj_alone(tmp_path):
+    trainer, config = tiny_trainer(tmp_path, READOUT)
+    layers = readout.lora_layers(trainer.model)
+    # why: adapter=readout is a LoRA on the last decoder layer's down_proj (the tiny model has
+    # layers 0 and 1)
+    assert list(layers) == ["base_model.model.model.layers.1.mlp.down_proj"]
+    assert config.adapter.centre is not None and config.trainer.loss_tokens == "first_digit"
+
+
+def test_layer_inputs_of_padded_batches_match_one_row_at_a_time(tmp_path):
+    trainer, _ = tiny_trainer(tmp_path, READOUT)
+    model = trainer.model.eval()
+    layers = readout.lora_layers(model)
+    generator = torch.Generator().manual_seed(0)
+    # rows of different lengths, more than one batch of them
+    rows = [torch.randint(5, 200, (n,), generator=generator).tolist() for n in [3, 9, 5, 12, 7] * 4]
+    batched = readout.layer_inputs(model, rows, layers)
+    (name,) = layers
+    assert batched[name].shape == (len(rows), layers[name].in_features)
+    # independently: each row alone, unpadded, its input at the last token caught by a hook
+    alone = []
+    hook = layers[name].register_forward_pre_hook(
+        lambda module, args: alone.append(args[0][0, -1].float())
+    )
+    try:
+        with torch.no_grad():
+            for row in rows:
+                model(input_ids=torch.tensor([row]))
+    finally:
+        hook.remove()
+    torch.testing.assert_close(batched[name], torch.stack(alone), atol=1e-5, rtol=1e-4)
+
+
+def logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_the_gate_decides_whether_the_trained_adapter_acts(tmp_path):
+    trainer, _ = tiny_trainer(tmp_path, READOUT)
+    centres = readout.install(trainer.model)
+    (centre,) = centres.values()
+    centre.radius.fill_(1e9)  # an open gate: the adapter reads x - mean everywhere
+    trainer.train()
+    model = trainer.model.eval()
+    ids = torch.tensor([[5, 17, 40, 99, 3]])
+    with model.disable_adapter():
+        base = logits(model, ids)
+    # why: two steps at a high rate moved the adapter, so an open gate changes the output
+    assert not torch.allclose(logits(model, ids), base, atol=1e-6)
+    centre.radius.fill_(0.0)  # closed everywhere: the adapter reads zero, the model is the base
+    torch.testing.assert_close(logits(model, ids), base)
+
+
+def test_a_readout_checkpoint_saves_its_centre_and_resumes_with_it(tmp_path):
+    trainer, _ = tiny_trainer(tmp_path / "first", READOUT)
+    (centre,) = readout.install(trainer.model).values()
+    generator = torch.Generator().manual_seed(1)
+    centre.mean.copy_(torch.randn(centre.mean.shape, generator=generator))
+    centre.level.copy_(torch.randn(centre.level.shape, generator=generator))
+    centre.radius.fill_(123.0)
+    set_by_hand = {b: getattr(centre, b).clone() for b in ("mean", "level", "radius")}
+    trainer.train()
+    checkpoint = tmp_path / "first" / "checkpoint-2"
+    saved = load_file(checkpoint / readout.ADAPTER_FILE)
+    stem = "base_model.model.model.layers.1.mlp.down_proj.lora_dropout."
+    for buffer, value in set_by_hand.items():
+        # why: the centre is not trained: what the checkpoint holds is what was set
+        assert torch.equal(saved[stem + buffer], value), buffer
+
+    resumed, _ = tiny_trainer(tmp_path / "second", [*READOUT, "trainer.max_steps=3"])
+    centres = readout.install(resumed.model)
+    (fresh,) = centres.values()
+    readout.restore(str(checkpoint), centres)
+    for buffer, value in set_by_hand.items():
+        assert torch.equal(getattr(fresh, buffer), value), buffer
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.state.global_step == 3
+    # why: the trainer's own resume loads the same buffers again; training leaves them alone
+    for buffer, value in set_by_hand.items():
+        assert torch.equal(getattr(fresh, buffer), value), buffer
+
+
+def test_a_checkpoint_without_a_centre_is_refused_on_resume(tmp_path):
+    plain = [o for o in READOUT if o != "adapter=readout"]
+    trainer, _ = tiny_trainer(
+        tmp_path / "plain", [*plain, "adapter.target_modules=[down_proj]", "adapter.top_layers=1"]
+    )
+    trainer.train()
+    resumed, _ = tiny_trainer(tmp_path / "readout", READOUT)
+    centres = readout.install(resumed.model)
+    with pytest.raises(ConfigError, match="adapter.centre: .* holds no read-out centre"):
+        readout.restore(str(tmp_path / "plain" / "checkpoint-2"), centres)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["adapter=full", "+adapter.centre.radius=5"], "adapter.centre: centres a LoRA"),
+        (["adapter.centre.radius=0"], "adapter.centre.radius: must be > 0"),
+        (["adapter.centre.questions=0"], "adapter.centre.questions: 0 is not a positive"),
+        (["rollout=vllm_colocate"], "adapter.centre: rollout=vllm_colocate generates from"),
+        (["compute=zero3"], "adapter.centre: ZeRO-3 shards"),
+    ],
+)
+def test_what_cannot_carry_the_gate_is_refused_before_any_weights_load(
+    tmp_path, overrides, message
+):
+    with pytest.raises(ConfigError, match=message):
+        config = RunConfig.from_hydra(compose_config(["adapter=readout", *overrides], tmp_path))
+        readout.check(config)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(embedded_checkpoint):
+    return models.load_tokenizer(embedded_checkpoint)
+
+
+@pytest.mark.parametrize(
+    ("completion", "digit"),
+    [
+        ("Answer: Paris\nConfidence: 80", "8"),
+        ("Answer: 1984\nConfidence: 35", "3"),  # a number in the answer is not the confidence
+        ("Answer: Paris\nConfidence: high", None),
+        ("Answer: Paris", None),
+    ],
+)
+def test_the_first_digit_mask_keeps_the_number_first_digit_alone(tokenizer, completion, digit):
+    ids = tokenizer.encode(completion, add_special_tokens=False)
+    mask = first_digit_mask(ids, tokenizer)
+    assert len(mask) == len(ids)
+    if digit is None:
+        # why: without a number every token trains, so the format penalty still teaches
+        assert mask == [1] * len(ids)
+        return
+    assert sum(mask) == 1
+    at = mask.index(1)
+    assert tokenizer.decode([ids[at]]).strip() == digit
+    # independently: the text before that token ends with the key
+    assert tokenizer.decode(ids[:at]).rstrip().endswith("Confidence:")
+
+
+def test_the_fit_centres_where_the_real_model_writes_its_number(tmp_path, embedded_checkpoint):
+    config = RunConfig.from_hydra(
+        compose_config(["adapter=readout", "compute=cpu", "adapter.centre.radius=5"], tmp_path)
+    )
+    model = models.load_model(embedded_checkpoint, torch.float32, "cpu").eval()
+    tokenizer = models.load_tokenizer(embedded_checkpoint)
+    questions = datasets.Dataset.from_dict(QUESTIONS)
+    rows = readout.number_positions(model, tokenizer, questions, config)
+    assert rows  # the embedded model states a number for most of these
+    with torch.no_grad():
+        for row in rows:
+            # why: each row ends where the number's first digit comes next, so the model's own
+            # greedy next token there is a digit
+            following = model(input_ids=torch.tensor([row])).logits[0, -1].argmax()
+            assert tokenizer.decode([int(following)]).strip().isdigit()
+
+    # the fit on the same answers: the mean of those inputs, the gate 5 median distances wide
+    adapted = get_peft_model(model, peft_config(config.adapter, embedded_checkpoint))
+    centres = readout.install(adapted)
+    fitted = readout.fit(adapted, tokenizer, questions, config, centres)
+    (layer,) = readout.lora_layers(adapted).values()
+    caught = []
+    hook = layer.register_forward_pre_hook(lambda m, args: caught.append(args[0][0, -1]))
+    with torch.no_grad():
+        for row in rows:
+            adapted(input_ids=torch.tensor([row]))
+    hook.remove()
+    inputs = torch.stack(caught)
+    (centre,) = centres.values()
+    torch.testing.assert_close(centre.mean, inputs.mean(0), atol=1e-4, rtol=1e-4)
+    median = (inputs - inputs.mean(0)).norm(dim=1).median()
+    torch.testing.assert_close(centre.radius, 5 * median, atol=1e-3, rtol=1e-4)
+    assert torch.equal(centre.level, torch.zeros_like(centre.level))  # level 0: fully centred
+    assert fitted["answers"] == len(rows)
