@@ -19,7 +19,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-gpu demo test test-slow test-gpu test-vllm-cpu bench bench-vllm-cpu ui sweep report lint format clean
+.PHONY: help install install-gpu demo demo-readout test test-slow test-gpu test-vllm-cpu bench bench-vllm-cpu ui sweep report lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ install-gpu: $(STAMP)  ## add vLLM (the gpu extra) on a CUDA machine
 
 demo: $(STAMP)  ## run the main job (Run C of the reference) on the embedded default
 	$(PY) -m entropic.run +experiment=scarce_mixed
+
+demo-readout: $(STAMP)  ## Run C's reward with the centred read-out, which learns to rank answers
+	$(PY) -m entropic.run +experiment=readout_mixed
 
 test: $(STAMP)  ## the default suite: CPU, offline
 	$(PY) -m pytest -m "not slow and not gpu and not vllm"

@@ -153,21 +153,25 @@ def fit(
     config: RunConfig,
     centres: dict[str, CentredInput],
 ) -> dict[str, float]:
-    """Fill the installed centres from the model's greedy answers to `questions` (before any
-    training, the adapters are zero: these are the base model's answers and inputs). Returns
+    """Fill the installed centres from the base model's greedy answers to `questions` (a
+    PeftModel, its adapters switched off for the fit) and its inputs there. Returns
     what a run logs: the answers used and, over the layers, the median distance and radius."""
     cfg: CentreConfig = config.adapter.centre
     layers = lora_layers(model)
     was_training = model.training
     model.eval()
     try:
-        rows = number_positions(model, tokenizer, questions, config)
-        if len(rows) < 2:
-            raise ValueError(
-                f"adapter.centre: {len(rows)} of {len(questions)} greedy answers state a number; "
-                "a mean needs more. Fix: raise adapter.centre.questions"
-            )
-        inputs = layer_inputs(model, rows, layers)
+        # the base model's answers and inputs, whatever the adapters hold (the hooks still see
+        # each LoRA layer's input)
+        with model.disable_adapter():
+            rows = number_positions(model, tokenizer, questions, config)
+            if len(rows) < 2:
+                raise ValueError(
+                    f"adapter.centre: {len(rows)} of {len(questions)} greedy answers state a "
+                    "number; a mean needs two or more. Fix: raise adapter.centre.questions, "
+                    "or use a model that follows the prompt's answer format"
+                )
+            inputs = layer_inputs(model, rows, layers)
     finally:
         model.train(was_training)
     medians, radii = [], []

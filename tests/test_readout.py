@@ -7,13 +7,15 @@ from __future__ import annotations
 import datasets
 import pytest
 import torch
+from mlflow.tracking import MlflowClient
 from peft import get_peft_model
 from safetensors.torch import load_file
 
-from entropic import models, readout
+from entropic import jobs, models, readout
 from entropic.config import ConfigError, RunConfig
 from entropic.training import first_digit_mask, peft_config
 from tests.conftest import compose_config
+from tests.test_resume import CtrlC, with_callback
 from tests.test_training import QUESTIONS, tiny_trainer
 
 READOUT = [
@@ -216,3 +218,44 @@ def test_the_fit_centres_where_the_real_model_writes_its_number(tmp_path, embedd
     torch.testing.assert_close(centre.radius, 5 * median, atol=1e-3, rtol=1e-4)
     assert torch.equal(centre.level, torch.zeros_like(centre.level))  # level 0: fully centred
     assert fitted["answers"] == len(rows)
+
+
+def test_a_readout_job_fits_its_centre_once_and_resumes_with_it(
+    tmp_path, mlflow_uri, monkeypatch, capsys, embedded_checkpoint
+):
+    # the real job on the real model, cut small: Ctrl-C after checkpoint-1, then the same
+    # command again
+    cfg = compose_config(
+        [
+            "+experiment=readout_mixed",
+            "compute=cpu",
+            "compute.cpu_scale.train_questions=4",
+            "compute.cpu_scale.eval_questions=8",
+            "compute.cpu_scale.set_questions=4",
+            "adapter.centre.questions=16",
+            "trainer.max_steps=2",
+            "trainer.save_steps=1",
+            f"tracking.tracking_uri={mlflow_uri}",
+        ],
+        tmp_path / "run",
+    )
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        with_callback(patch, CtrlC(step=1))
+        jobs.run(cfg)
+    assert capsys.readouterr().out.count("read-out centred on") == 1
+    stem = "base_model.model.model.layers.29.mlp.down_proj.lora_dropout."
+    first = load_file(tmp_path / "run" / "checkpoint-1" / readout.ADAPTER_FILE)
+    assert float(first[stem + "radius"]) > 0  # fitted: an open gate near the mean
+
+    result = jobs.run(cfg)
+    # why: the rerun restores the centre from checkpoint-1 instead of fitting it again
+    assert "read-out centred on" not in capsys.readouterr().out
+    last = load_file(tmp_path / "run" / "checkpoint-2" / readout.ADAPTER_FILE)
+    for buffer in ("mean", "level", "radius"):
+        assert torch.equal(first[stem + buffer], last[stem + buffer]), buffer
+    # why: the adapter trained on in the resumed run (B starts at zero, two steps moved it)
+    assert last["base_model.model.model.layers.29.mlp.down_proj.lora_B.weight"].abs().sum() > 0
+    run = MlflowClient(mlflow_uri).get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["readout/answers"] >= 2
+    assert run.data.params["adapter.centre.radius"] == "5.0"
