@@ -746,7 +746,17 @@ class ComputeConfig:
     def __post_init__(self) -> None:
         _one_of(self.device, ("auto", "cpu", "cuda"), "compute.device")
         if isinstance(self.cpu_scale, dict):
-            self.cpu_scale = CpuScale(**self.cpu_scale)
+            required = {
+                f.name
+                for f in dataclasses.fields(CpuScale)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            }
+            # Only a profile that never scales (cpu_scale: null) leaves required keys out: an
+            # experiment's CPU setting (readout_mixed's train_questions) merged into it. The
+            # profile decides: nothing is scaled.
+            self.cpu_scale = (
+                CpuScale(**self.cpu_scale) if required <= self.cpu_scale.keys() else None
+            )
         _require(
             self.num_processes >= 0,
             "compute.num_processes",
