@@ -34,6 +34,7 @@ from entropic.training import first_digit
 
 # peft saves the adapter's tensors whose names hold "lora_" (the dropout slot is lora_dropout)
 ADAPTER_FILE = "adapter_model.safetensors"
+# answers per forward pass when the fit captures the inputs
 BATCH = 16
 
 
