@@ -387,8 +387,7 @@ def rollout_func(cfg: RunConfig) -> Callable[[list, GRPOTrainer], dict] | None:
     """GRPOTrainer's `rollout_func`: rollout=prefix_cache generates through entropic.generation,
     `trainer.confidence_samples` > 1 samples K confidences per answer, and
     `trainer.loss_tokens=confidence` (or `first_digit`) masks the answer tokens of whatever
-    generated them; None
-    leaves generation to TRL."""
+    generated them; None leaves generation to TRL."""
     samples = cfg.trainer.confidence_samples
     if cfg.rollout.name == "prefix_cache":
         generate = functools.partial(prefix_cache_rollout, batch_size=cfg.rollout.batch_size)
