@@ -20,6 +20,8 @@ so vLLM rollouts (which merge) and ZeRO-3 are refused (`check`).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import datasets
 import torch
 from peft.tuners.lora import LoraLayer
@@ -192,18 +194,33 @@ def fit(
     }
 
 
+def check_resume(config: RunConfig, checkpoint: str | None) -> None:
+    """Refuse to resume a read-out from a checkpoint trained without one; called where the job
+    picks its checkpoint, before it reopens the run or loads any weights."""
+    if config.adapter.centre is None or not config.train or checkpoint is None:
+        return
+    path = Path(checkpoint) / ADAPTER_FILE
+    stored = load_file(path).keys() if path.exists() else ()
+    if not any(key.endswith("lora_dropout.mean") for key in stored):
+        raise no_centre(checkpoint, "any layer")
+
+
 def restore(checkpoint: str, centres: dict[str, CentredInput]) -> None:
     """Fill the installed centres from a checkpoint's adapter file (the trainer's own resume
-    loads them too; doing it first refuses a checkpoint trained without a read-out)."""
+    loads them too; doing it first refuses a checkpoint whose read-out has other layers)."""
     saved = load_file(f"{checkpoint}/{ADAPTER_FILE}")
     for key, centred in centres.items():
         name = key.rsplit(".", 1)[0]
         for buffer in ("mean", "level", "radius"):
             stored = f"{name}.lora_dropout.{buffer}"
             if stored not in saved:
-                raise ConfigError(
-                    f"adapter.centre: {checkpoint} holds no read-out centre for {name} (it was "
-                    "trained without adapter=readout). Fix: resume with the adapter it was "
-                    "trained with, or train in a new folder"
-                )
+                raise no_centre(checkpoint, name)
             getattr(centred, buffer).copy_(saved[stored])
+
+
+def no_centre(checkpoint: str, layer: str) -> ConfigError:
+    return ConfigError(
+        f"adapter.centre: {checkpoint} holds no read-out centre for {layer} (it was trained "
+        "without adapter=readout, or with other layers). Fix: resume with the adapter it was "
+        "trained with, or train in a new folder"
+    )

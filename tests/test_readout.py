@@ -13,9 +13,10 @@ from safetensors.torch import load_file
 
 from entropic import jobs, models, readout
 from entropic.config import ConfigError, RunConfig
+from entropic.jobs import train as train_job
 from entropic.training import first_digit_mask, peft_config
 from tests.conftest import compose_config
-from tests.test_resume import CtrlC, with_callback
+from tests.test_resume import TINY, CtrlC, only_run, with_callback
 from tests.test_training import QUESTIONS, tiny_trainer
 
 READOUT = [
@@ -135,6 +136,40 @@ def test_a_checkpoint_without_a_centre_is_refused_on_resume(tmp_path):
     centres = readout.install(resumed.model)
     with pytest.raises(ConfigError, match="adapter.centre: .* holds no read-out centre"):
         readout.restore(str(tmp_path / "plain" / "checkpoint-2"), centres)
+
+
+def test_a_readout_rerun_over_a_plain_checkpoint_is_refused_before_the_run_reopens(
+    tmp_path, mlflow_uri, monkeypatch
+):
+    def config(adapter: list[str]):
+        return compose_config(
+            [
+                *TINY,
+                *adapter,
+                "trainer.max_steps=2",
+                "trainer.save_steps=1",
+                f"tracking.tracking_uri={mlflow_uri}",
+            ],
+            tmp_path / "run",
+        )
+
+    plain = ["adapter.target_modules=[down_proj]", "adapter.top_layers=1"]
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        with_callback(patch, CtrlC(step=1))
+        jobs.run(config(plain))
+    client = MlflowClient(mlflow_uri)
+    killed = only_run(client)
+
+    def evaluated(*args, **kwargs):
+        raise AssertionError("the base model was evaluated before the refusal")
+
+    monkeypatch.setattr(train_job, "evaluate_base", evaluated)
+    with pytest.raises(ConfigError, match="holds no read-out centre for any layer"):
+        jobs.run(config(["adapter=readout", "trainer.loss_tokens=first_digit"]))
+    # why: refused before the job reopened the run, so the earlier run is left as it was
+    after = only_run(client)
+    assert after.info.run_id == killed.info.run_id
+    assert after.info.status == "KILLED"
 
 
 @pytest.mark.parametrize(

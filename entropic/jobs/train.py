@@ -69,6 +69,7 @@ def run(context: RunContext) -> RunResult:
     context = dataclasses.replace(
         context, resume_from=last_checkpoint(str(output_dir)) if earlier else None
     )
+    readout.check_resume(config, context.resume_from)
     # Initialised here with the job's device, so a CPU launch gets gloo; GRPOTrainer reuses it.
     # The timeout is transformers' ddp_timeout: the other ranks wait while rank 0 evaluates.
     state = PartialState(cpu=device == "cpu", timeout=timedelta(seconds=1800))
