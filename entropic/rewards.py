@@ -50,6 +50,28 @@ class ScoredBatch:
     calibrated_target: np.ndarray | None = None
 
 
+# What each rule pays the stated confidence toward: the value that maximises a completion's
+# reward (the grade for the proper scoring rules, the group's stability, or the mix of the two).
+# Logged as train/calibration/target beside train/calibration/accuracy, so a reward that asks
+# for more confidence than the answers earn is seen in the run, not inferred after it.
+
+
+def grade(batch: ScoredBatch) -> np.ndarray:
+    return batch.correct
+
+
+def group_share(batch: ScoredBatch) -> np.ndarray:
+    return batch.stability
+
+
+def grade_or_group_share(batch: ScoredBatch) -> np.ndarray:
+    return np.where(batch.labeled, batch.correct, batch.stability)
+
+
+def platt_target(batch: ScoredBatch) -> np.ndarray:
+    return batch.calibrated_target
+
+
 def brier(batch: ScoredBatch, cfg: RewardConfig) -> np.ndarray:
     return 1.0 - (batch.correct - batch.confidence) ** 2
 
@@ -82,6 +104,8 @@ COMMON_PARAMETERS = ("name", "format_penalty")
 @dataclass(frozen=True)
 class RewardRule:
     score: Callable[[ScoredBatch, RewardConfig], np.ndarray]
+    # the confidence that maximises each completion's reward
+    target: Callable[[ScoredBatch], np.ndarray]
     # the group-level stability must be computed (clustering, cross-rank gather)
     needs_stability: bool
     # the dataset must carry a `calibrated_target` column (the entropy_platt pipeline)
@@ -102,14 +126,16 @@ class RewardRule:
 
 
 REWARDS: dict[str, RewardRule] = {
-    "brier": RewardRule(brier, False, False, labeled_fraction=1.0),
-    "stability": RewardRule(stability_reward, True, False, labeled_fraction=0.0),
+    "brier": RewardRule(brier, grade, False, False, labeled_fraction=1.0),
+    "stability": RewardRule(stability_reward, group_share, True, False, labeled_fraction=0.0),
     # Brier on that share of the questions, stability on the rest
-    "mixed": RewardRule(mixed, True, False, reads=("labeled_fraction",)),
-    "rlcr": RewardRule(rlcr, False, False, labeled_fraction=1.0),
-    "log_score": RewardRule(log_score, False, False, ("log_score_floor",), labeled_fraction=1.0),
+    "mixed": RewardRule(mixed, grade_or_group_share, True, False, reads=("labeled_fraction",)),
+    "rlcr": RewardRule(rlcr, grade, False, False, labeled_fraction=1.0),
+    "log_score": RewardRule(
+        log_score, grade, False, False, ("log_score_floor",), labeled_fraction=1.0
+    ),
     # the Platt scaling is fitted on the labeled share
-    "calibrated": RewardRule(calibrated, False, True, reads=("labeled_fraction",)),
+    "calibrated": RewardRule(calibrated, platt_target, False, True, reads=("labeled_fraction",)),
 }
 
 
@@ -281,6 +307,8 @@ class TRLReward:
             log_metric("calibration/labeled_share", float(labeled_mask.mean()))
             if well_formed.any():
                 log_metric("calibration/confidence", float(np.nanmean(confidence[well_formed])))
+                target = self.rule.target(batch)[well_formed]
+                log_metric("calibration/target", float(np.mean(target)))
                 for name, value in confidence_spread(question_id, confidence, correct).items():
                     log_metric(f"calibration/{name}", value)
             if batch.stability is not None:

@@ -154,6 +154,23 @@ def test_training_metrics_are_logged():
     assert metrics["calibration/confidence_wrong"] == pytest.approx(0.25)
 
 
+@pytest.mark.parametrize(
+    ("rule", "labeled", "target"),
+    [
+        # GROUP's well-formed rows: Paris, paris. (right), Lyon (wrong); stability .5 .5 .25
+        ("brier", True, (1 + 1 + 0) / 3),
+        ("rlcr", True, (1 + 1 + 0) / 3),
+        ("stability", False, (0.5 + 0.5 + 0.25) / 3),
+        ("mixed", True, (1 + 1 + 0) / 3),
+        ("mixed", False, (0.5 + 0.5 + 0.25) / 3),
+    ],
+)
+def test_the_target_the_reward_pays_toward_is_logged(rule, labeled, target):
+    metrics: dict[str, float] = {}
+    call(rule, GROUP, [labeled] * 4, metrics=metrics)
+    assert metrics["calibration/target"] == pytest.approx(target)
+
+
 def test_groups_are_clustered_separately():
     # Two groups of G=2: q1 agrees on Paris (stability 1), q2 splits Rome/Milan (.5 each).
     # Clustered as one group of four, Paris would get 2/4 and Rome, Milan 1/4 each.
