@@ -72,16 +72,22 @@ def platt_target(batch: ScoredBatch) -> np.ndarray:
     return batch.calibrated_target
 
 
+def quadratic(batch: ScoredBatch, target: np.ndarray) -> np.ndarray:
+    """1 - (target - confidence)^2: the reference's Brier and stability rewards, and the rest of
+    the family, each with its own target."""
+    return 1.0 - (target - batch.confidence) ** 2
+
+
 def brier(batch: ScoredBatch, cfg: RewardConfig) -> np.ndarray:
-    return 1.0 - (batch.correct - batch.confidence) ** 2
+    return quadratic(batch, grade(batch))
 
 
 def stability_reward(batch: ScoredBatch, cfg: RewardConfig) -> np.ndarray:
-    return 1.0 - (batch.stability - batch.confidence) ** 2
+    return quadratic(batch, group_share(batch))
 
 
 def mixed(batch: ScoredBatch, cfg: RewardConfig) -> np.ndarray:
-    return np.where(batch.labeled, brier(batch, cfg), stability_reward(batch, cfg))
+    return quadratic(batch, grade_or_group_share(batch))
 
 
 def rlcr(batch: ScoredBatch, cfg: RewardConfig) -> np.ndarray:
@@ -94,7 +100,7 @@ def log_score(batch: ScoredBatch, cfg: RewardConfig) -> np.ndarray:
 
 
 def calibrated(batch: ScoredBatch, cfg: RewardConfig) -> np.ndarray:
-    return 1.0 - (batch.calibrated_target - batch.confidence) ** 2
+    return quadratic(batch, platt_target(batch))
 
 
 # reward.* keys every rule reads (TRLReward pays format_penalty for an unparseable completion)
