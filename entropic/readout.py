@@ -25,6 +25,7 @@ from pathlib import Path
 import datasets
 import torch
 from peft.tuners.lora import LoraLayer
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
@@ -200,7 +201,7 @@ def check_resume(config: RunConfig, checkpoint: str | None) -> None:
     if config.adapter.centre is None or not config.train or checkpoint is None:
         return
     path = Path(checkpoint) / ADAPTER_FILE
-    stored = load_file(path).keys() if path.exists() else ()
+    stored = safe_open(path, "pt").keys() if path.exists() else ()
     if not any(key.endswith("lora_dropout.mean") for key in stored):
         raise no_centre(checkpoint, "any layer")
 
