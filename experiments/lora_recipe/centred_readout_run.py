@@ -83,17 +83,13 @@ def down_proj_mean(overrides: list[str], questions: int) -> torch.Tensor:
 
 
 def first_digit_mask(completion_ids: list[int], tokenizer, fmt: str = "lines") -> list[int]:
-    """1 for the first digit after the `Confidence` key alone; a completion without the key
-    keeps every token, as `confidence_mask` does."""
-    start = training.confidence_start(completion_ids, tokenizer, fmt)
-    if start is None:
-        return [1] * len(completion_ids)
-    mask = [0] * len(completion_ids)
-    for i in range(start, len(completion_ids)):
-        if any(ch.isdigit() for ch in tokenizer.decode([completion_ids[i]])):
-            mask[i] = 1
-            break
-    return mask
+    """`entropic.training.first_digit_mask` as p25-p32 ran: a completion with the key and no
+    digit after it trains no token (the project's trains every token)."""
+    if training.first_digit(completion_ids, tokenizer, fmt) is None and (
+        training.confidence_start(completion_ids, tokenizer, fmt) is not None
+    ):
+        return [0] * len(completion_ids)
+    return training.first_digit_mask(completion_ids, tokenizer, fmt)
 
 
 def main() -> None:
