@@ -201,7 +201,10 @@ def check_resume(config: RunConfig, checkpoint: str | None) -> None:
     if config.adapter.centre is None or not config.train or checkpoint is None:
         return
     path = Path(checkpoint) / ADAPTER_FILE
-    stored = safe_open(path, "pt").keys() if path.exists() else ()
+    stored = ()
+    if path.exists():
+        with safe_open(path, "pt") as adapter:
+            stored = list(adapter.keys())
     if not any(key.endswith("lora_dropout.mean") for key in stored):
         raise no_centre(checkpoint, "any layer")
 
