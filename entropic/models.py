@@ -163,27 +163,61 @@ def dtype_name(cfg: ModelConfig, device: str) -> str:
 BF16_MIN_SPEEDUP = 1.25
 
 
+# /proc/cpuinfo flags of bf16 matrix instructions: x86's AVX-512 BF16 and AMX, ARM's BF16
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str] | None:
+    """The processor's feature flags (x86 `flags`, ARM `Features`), or None where the kernel does
+    not list them (macOS, Windows)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return None
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_bf16_is_faster() -> bool:
-    """Time one GRPO-step-sized matrix product in both dtypes on this CPU (~0.3 s measured).
+    """Whether bf16 multiplies at least BF16_MIN_SPEEDUP times as fast as fp32 on this CPU.
 
-    Whether bf16 pays on a CPU depends on the vendor and its kernels, not on a flag: measured on
-    two machines that both report AVX-512 bf16 and no AMX, a GRPO step in bf16 took 0.59x the
-    fp32 time on an AMD EPYC and 1.35x on an Intel Xeon (README, Performance). So `model.dtype:
-    auto` asks the machine, once per process; the answer is logged as `model.resolved_dtype`.
-    The shapes are SmolLM2-135M's MLP over one GRPO step's tokens.
+    A processor that lists no bf16 instructions (a Zen 3 EPYC: AVX2 only) only emulates bf16, and
+    there a single bf16 product of the probe's shapes took ~3 s, 30 times fp32's: the answer is
+    fp32, without timing. Where bf16 instructions are listed, whether bf16 pays still depends on
+    the vendor and its kernels: on two machines that both report AVX-512 bf16 and no AMX, a GRPO
+    step in bf16 took 0.59x the fp32 time on an AMD EPYC and 1.35x on an Intel Xeon (README,
+    Performance). So there, and where no flags are listed, `model.dtype: auto` times one
+    GRPO-step-sized matrix product in both dtypes (~0.3 s), once per process, and stops as soon
+    as bf16 cannot win. The answer is logged as `model.resolved_dtype`. The shapes are
+    SmolLM2-135M's MLP over one GRPO step's tokens.
     """
+    flags = cpu_flags()
+    if flags is not None and not flags & BF16_CPU_FLAGS:
+        return False
+    bf16_at_most = product_seconds(torch.float32) / BF16_MIN_SPEEDUP
+    return product_seconds(torch.bfloat16, budget=bf16_at_most) <= bf16_at_most
+
+
+def product_seconds(dtype: torch.dtype, budget: float = float("inf"), repeats: int = 10) -> float:
+    """Seconds for `repeats` probe products in `dtype` after a warm-up, or inf once over `budget`
+    (the warm-up may take the whole budget: it selects and compiles the kernels)."""
     tokens, hidden, inner = 2048, 576, 1536
-    seconds = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        a = torch.randn(tokens, hidden, dtype=dtype)
-        b = torch.randn(hidden, inner, dtype=dtype)
-        torch.mm(a, b)  # warm-up: kernel selection and first-touch allocation
-        started = time.perf_counter()
-        for _ in range(10):
-            torch.mm(a, b)
-        seconds[dtype] = time.perf_counter() - started
-    return seconds[torch.float32] / seconds[torch.bfloat16] >= BF16_MIN_SPEEDUP
+    a = torch.randn(tokens, hidden, dtype=dtype)
+    b = torch.randn(hidden, inner, dtype=dtype)
+    started = time.perf_counter()
+    torch.mm(a, b)  # warm-up: kernel selection and first-touch allocation
+    if time.perf_counter() - started > budget:
+        return float("inf")
+    started = time.perf_counter()
+    for _ in range(repeats):
+        torch.mm(a, b)
+        if time.perf_counter() - started > budget:
+            return float("inf")
+    return time.perf_counter() - started
 
 
 def torch_dtype(cfg: ModelConfig, device: str) -> torch.dtype:

@@ -66,6 +66,47 @@ def test_unknown_random_shape_names_the_key():
         RunConfig.from_hydra(compose_config(["model=tiny_random", "model.shape=huge"]))
 
 
+@pytest.mark.parametrize(
+    ("cpuinfo", "has_bf16"),
+    [
+        # why: a Zen 3 EPYC lists AVX2 and no bf16 instructions; bf16 is emulated there
+        ("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n", False),
+        # why: an AVX-512 EPYC or Xeon with AVX-512 BF16 must be timed, not assumed
+        ("processor\t: 0\nflags\t\t: avx2 avx512f avx512_bf16\n", True),
+        # why: Sapphire Rapids' AMX tiles multiply bf16
+        ("flags\t\t: avx2 amx_tile amx_bf16\n", True),
+        # why: ARM lists its features under another key (a Graviton 3 has BF16)
+        ("processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n", True),
+        # why: a flag's name inside another's is not that flag
+        ("flags\t\t: avx512_bf16x\n", False),
+    ],
+)
+def test_cpu_flags_tell_which_processors_have_bf16_instructions(tmp_path, cpuinfo, has_bf16):
+    from entropic.models import BF16_CPU_FLAGS, cpu_flags
+
+    (tmp_path / "cpuinfo").write_text(cpuinfo)
+    flags = cpu_flags(str(tmp_path / "cpuinfo"))
+    assert bool(flags & BF16_CPU_FLAGS) == has_bf16
+
+
+def test_cpu_flags_are_unknown_without_a_cpuinfo_file(tmp_path):
+    # why: macOS and Windows have no /proc/cpuinfo; there the probe times the products instead
+    from entropic.models import cpu_flags
+
+    assert cpu_flags(str(tmp_path / "missing")) is None
+    (tmp_path / "cpuinfo").write_text("processor\t: 0\n")
+    assert cpu_flags(str(tmp_path / "cpuinfo")) is None
+
+
+def test_the_timed_probe_stops_once_over_its_budget():
+    # why: an emulated bf16 product takes seconds; the probe gives up on it as soon as it is
+    # slower than fp32 needs it to be, and otherwise times every product
+    from entropic.models import product_seconds
+
+    assert product_seconds(torch.float32, budget=0.0) == float("inf")
+    assert 0 < product_seconds(torch.float32, repeats=2) < float("inf")
+
+
 def test_auto_dtype_on_cpu_follows_the_probe_and_cuda_is_bf16():
     # why: auto must resolve to a dtype a CPU run can train in, the same one every time in a
     # process (the probe is cached), and to bf16 on CUDA whatever the CPU probe says
