@@ -103,14 +103,15 @@ def test_confidence_samples_refuse_vllm_rollouts_before_any_model_loads():
         rollout.check(config, "cuda")
 
 
-# One GRPO step of the embedded model: 4 questions x 2 answers x 2 confidences.
+# One GRPO step of the embedded model: 2 questions x 2 answers x 2 confidences (an fp32 step of
+# 16 completions took ~55 s on a Zen 3 EPYC; 8 take half that).
 EMBEDDED_STEP = [
     "compute=cpu",
     "compute.cpu_scale.num_generations=4",
     "trainer.num_generations=4",
     "trainer.confidence_samples=2",
-    "trainer.per_device_train_batch_size=16",
-    "compute.cpu_scale.per_device_train_batch_size=16",
+    "trainer.per_device_train_batch_size=8",
+    "compute.cpu_scale.per_device_train_batch_size=8",
     "trainer.max_completion_length=24",
     "trainer.max_steps=1",
     "trainer.save_steps=0",
@@ -162,9 +163,9 @@ def test_a_grpo_step_compares_confidences_of_the_same_answer(
 
     ((prompts, output),) = rollouts
     completions = output["completion_ids"]
-    assert len(completions) == len(prompts) == 16
+    assert len(completions) == len(prompts) == 8
     keyed = 0
-    for run in range(0, 16, 2):
+    for run in range(0, 8, 2):
         first, second = completions[run], completions[run + 1]
         text = tokenizer.decode(first)
         if "Confidence" not in text:
@@ -184,14 +185,14 @@ def test_a_grpo_step_compares_confidences_of_the_same_answer(
         if output["logprobs"] is not None:
             assert output["logprobs"][run + 1][:start] == output["logprobs"][run][:start]
             assert len(output["logprobs"][run + 1]) == len(second)
-    # why: the 3-shot prompt makes SmolLM2 write the key on about 2 of 3 answers; 8 answers
-    # without one would mean the rollout lost them
-    assert keyed >= 2
+    # why: the 3-shot prompt makes SmolLM2 write the key on about 2 of 3 answers (4 answers
+    # without one: ~1%); none would mean the rollout lost them
+    assert keyed >= 1
 
     (batch,) = batches
     advantages, mask = batch["advantages"], batch["completion_mask"]
     assert advantages.shape == batch["completion_ids"].shape
-    for run in range(0, 16, 2):
+    for run in range(0, 8, 2):
         rows = [run, run + 1]
         ids = [batch["completion_ids"][i][: int(mask[i].sum())].tolist() for i in rows]
         starts = [confidence_start(i, tokenizer) for i in ids]
