@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -62,9 +63,22 @@ def compose_config(overrides: list[str], tmp_path: Path | None = None, config_na
         return compose(config_name=config_name, overrides=[*overrides, out])
 
 
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory) -> Path:
+    """An empty sqlite MLflow store, made once: a new store runs MLflow's schema migrations
+    (3.8 s on a Zen 3 EPYC, in every test and every CLI process that opened one), a copy of a
+    migrated one opens in milliseconds."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("empty_store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def mlflow_uri(tmp_path: Path) -> str:
-    """A real sqlite MLflow store of the test's own."""
+def mlflow_uri(tmp_path: Path, empty_store: Path) -> str:
+    """A real sqlite MLflow store of the test's own: a copy of the migrated empty store."""
+    shutil.copyfile(empty_store, tmp_path / "mlflow.db")
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
@@ -96,7 +110,7 @@ SMOKE_SWEEP = [
 
 
 @pytest.fixture(scope="session")
-def smoke_sweep(tmp_path_factory, embedded_checkpoint):
+def smoke_sweep(tmp_path_factory, embedded_checkpoint, empty_store):
     """A real sweep through the real CLI into a fresh sqlite store, run once for the session:
     the sweep tests check its MLflow runs, the report tests build reports from them."""
     import subprocess
@@ -105,6 +119,7 @@ def smoke_sweep(tmp_path_factory, embedded_checkpoint):
 
     root = Path(__file__).resolve().parents[1]
     tmp = tmp_path_factory.mktemp("smoke_sweep")
+    shutil.copyfile(empty_store, tmp / "mlflow.db")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "HF_HUB_OFFLINE": "1"}
     env.pop("ENTROPIC_PARENT_RUN_ID", None)

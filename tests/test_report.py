@@ -123,9 +123,8 @@ def test_unknown_study_lists_the_valid_ones():
         write_report("scarce_colapse", MlflowClient("sqlite:///:memory:"))
 
 
-def test_a_store_without_the_sweep_says_what_to_run(tmp_path, capsys):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert main(["mix_ratio", "--tracking-uri", uri]) == 2
+def test_a_store_without_the_sweep_says_what_to_run(mlflow_uri, capsys):
+    assert main(["mix_ratio", "--tracking-uri", mlflow_uri]) == 2
     assert "make sweep SWEEP=mix_ratio" in capsys.readouterr().err
 
 
@@ -332,10 +331,10 @@ def logged_sweep(client: MlflowClient, experiment_id: str, started: int, points)
     return parent.info.run_id
 
 
-def test_sweeps_merge_with_the_newest_run_of_each_condition_and_seed(tmp_path):
+def test_sweeps_merge_with_the_newest_run_of_each_condition_and_seed(mlflow_uri):
     """Seeds added later by a sweep of their own join the report; a point run twice counts
     once, from its newer run."""
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(mlflow_uri)
     experiment_id = client.create_experiment("mix_ratio")
     first = logged_sweep(
         client, experiment_id, 1_000, [(0, 0.5, 0.10, "FINISHED"), (1, 0.5, 0.20, "FINISHED")]
@@ -425,8 +424,8 @@ CONDITION_CASES = [
 
 
 @pytest.mark.parametrize(("points", "conditions", "superseded"), CONDITION_CASES)
-def test_runs_are_told_apart_by_every_value_that_varies(tmp_path, points, conditions, superseded):
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+def test_runs_are_told_apart_by_every_value_that_varies(mlflow_uri, points, conditions, superseded):
+    client = MlflowClient(mlflow_uri)
     experiment_id = client.create_experiment("mix_ratio")
     parent = logged_sweep(
         client,
@@ -443,10 +442,10 @@ def test_runs_are_told_apart_by_every_value_that_varies(tmp_path, points, condit
     assert [name.split(" ")[0] for name in sweep.superseded] == superseded
 
 
-def test_conditions_that_would_share_a_label_keep_separate_rows(tmp_path):
+def test_conditions_that_would_share_a_label_keep_separate_rows(mlflow_uri):
     # why: a study names its rows by labeled share; brier and rlcr at the same share must stay
     # two rows, each named by what tells it apart, rather than one row with both runs as "seeds"
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(mlflow_uri)
     experiment_id = client.create_experiment("abundant_ablation")
     parent = logged_sweep(
         client,

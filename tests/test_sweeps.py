@@ -197,9 +197,10 @@ def test_smoke_sweep_makes_one_parent_with_tagged_children(smoke_sweep):
     assert "experiment=scarce_mixed" in parent.data.tags["mlflow.note.content"]
 
 
-def sweep_in_a_process(tmp_path, arguments: list[str]) -> tuple[subprocess.CompletedProcess, str]:
-    """`python -m entropic.run` with `arguments` (a multirun), on its own MLflow store."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def sweep_in_a_process(
+    tmp_path: Path, uri: str, arguments: list[str]
+) -> tuple[subprocess.CompletedProcess, str]:
+    """`python -m entropic.run` with `arguments` (a multirun), on the MLflow store at `uri`."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "HF_HUB_OFFLINE": "1"}
     env.pop("ENTROPIC_PARENT_RUN_ID", None)
     done = subprocess.run(
@@ -213,10 +214,11 @@ def sweep_in_a_process(tmp_path, arguments: list[str]) -> tuple[subprocess.Compl
     return done, uri
 
 
-def test_a_sweep_stopped_by_a_rejected_config_leaves_its_parent_failed(tmp_path):
+def test_a_sweep_stopped_by_a_rejected_config_leaves_its_parent_failed(tmp_path, mlflow_uri):
     """A bad value exits the first job with status 2; the exit hook still closes the parent."""
     done, uri = sweep_in_a_process(
         tmp_path,
+        mlflow_uri,
         ["-cd", "sweeps", "-cn", "rl_vs_prompting", "seed=0", "reward.labeled_fraction=1.5"],
     )
     assert done.returncode == 2 and "reward.labeled_fraction" in done.stderr
@@ -225,10 +227,11 @@ def test_a_sweep_stopped_by_a_rejected_config_leaves_its_parent_failed(tmp_path)
     assert parent.info.status == "FAILED"
 
 
-def test_a_sweep_under_the_kept_heap_is_refused_before_its_first_job_loads(tmp_path):
+def test_a_sweep_under_the_kept_heap_is_refused_before_its_first_job_loads(tmp_path, mlflow_uri):
     """malloc=keep in one process grew a sweep to 22 GB by its third job: refused up front."""
     done, _ = sweep_in_a_process(
         tmp_path,
+        mlflow_uri,
         ["-m", "+experiment=scarce_mixed", "seed=0,1", "compute=cpu"]
         + ["compute.cpu_scale.malloc=keep"],
     )
@@ -247,9 +250,9 @@ def write_metrics(uri: str, worker: int, barrier, count: int) -> None:
             tracking.log_metrics(client, run_id, {"value": worker * 1000 + step}, step, "x/")
 
 
-def test_parallel_jobs_writing_one_sqlite_store_lose_nothing(tmp_path):
+def test_parallel_jobs_writing_one_sqlite_store_lose_nothing(mlflow_uri):
     """MLflow's sqlite store waits on a locked database (busy_timeout) instead of failing."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_uri
     # As in a sweep, the parent process creates the store before any job writes to it.
     tracking.get_or_create_experiment(tracking.get_client(uri), "parallel")
     workers, count = 3, 50

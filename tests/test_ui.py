@@ -101,12 +101,10 @@ def test_a_missing_store_names_the_variable_and_the_fix(tmp_path, monkeypatch, c
     assert not (tmp_path / "none.db").exists()
 
 
-def test_a_busy_port_is_an_error_not_another_stores_ui(tmp_path, monkeypatch, capsys):
+def test_a_busy_port_is_an_error_not_another_stores_ui(mlflow_uri, monkeypatch, capsys):
     """An MLflow UI left running on the port would answer in place of the new one, showing
     whatever store it was started on."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracking.get_client(uri).search_experiments()  # the store exists
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)  # a store that exists
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -116,11 +114,10 @@ def test_a_busy_port_is_an_error_not_another_stores_ui(tmp_path, monkeypatch, ca
     assert f"port {port}" in error and f"PORT={port + 1}" in error and "Fix:" in error
 
 
-def test_stopping_make_ui_stops_its_server(tmp_path):
+def test_stopping_make_ui_stops_its_server(mlflow_uri):
     """`kill <pid of make ui>` (SIGTERM) must not leave the MLflow server on the port without
     its parent, where the next make ui would find it (about 10 s)."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracking.get_client(uri).search_experiments()
+    uri = mlflow_uri  # a store that exists
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "entropic.ui", "--no-browser", "--port", str(port)]
