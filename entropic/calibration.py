@@ -63,8 +63,7 @@ import pandas as pd
 from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 
-from entropic import models
-from entropic.config import CalibrationConfig, RunConfig, _require
+from entropic.config import CalibrationConfig, RunConfig, _require, cache_dir
 from entropic.metrics import auroc, brier_score, expected_calibration_error
 from entropic.sampling import sample_answers, score_questions
 from entropic.semantic import build_clusterer
@@ -131,7 +130,7 @@ def score_key(
 
 
 def score_path(calibration: CalibrationConfig, key: dict[str, Any]) -> Path:
-    root = Path(calibration.cache_dir) if calibration.cache_dir else models.cache_dir() / "scores"
+    root = Path(calibration.cache_dir) if calibration.cache_dir else cache_dir() / "scores"
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
     return root / f"{digest[:24]}.parquet"
 

@@ -17,6 +17,7 @@ import types
 import typing
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -39,6 +40,12 @@ def _one_of(value: str, valid: list[str] | tuple[str, ...], key: str) -> None:
         # a group's name is chosen with the group (adapter=full), any other key by itself
         f"use one of {sorted(valid)} (e.g. {key.removesuffix('.name')}={sorted(valid)[0]})",
     )
+
+
+def cache_dir() -> Path:
+    """Root of entropic's caches ($ENTROPIC_CACHE, default ~/.cache/entropic): converted models,
+    question pools, entropy scores."""
+    return Path(os.environ.get("ENTROPIC_CACHE", Path.home() / ".cache" / "entropic"))
 
 
 MODEL_SOURCES = ("gguf_package", "hub", "path", "random")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
-import os
 import shutil
 import tempfile
 import time
@@ -28,14 +27,9 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
-from entropic.config import ModelConfig
+from entropic.config import ModelConfig, cache_dir
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def cache_dir() -> Path:
-    """Root of entropic's caches ($ENTROPIC_CACHE, default ~/.cache/entropic)."""
-    return Path(os.environ.get("ENTROPIC_CACHE", Path.home() / ".cache" / "entropic"))
 
 
 def check_source(cfg: ModelConfig) -> None:

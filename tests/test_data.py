@@ -588,3 +588,22 @@ def test_eval_only_load_is_the_eval_split(tmp_path):
 def test_eval_set_errors_name_the_sets_keys(call, message, why):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_a_geo_pool_is_built_once_then_read_from_disk(tmp_path, monkeypatch):
+    # why: every run's process read ~150k city records to build its pool (5-8 s on a 2-core
+    # EPYC); the pool on disk must be the one the code builds, be what later calls read, and
+    # never stand in for another kind mix or a file that cannot be read
+    monkeypatch.setenv("ENTROPIC_CACHE", str(tmp_path))
+    kinds = {"capital": None, "continent": None}
+    built = geo.candidates(kinds)
+    path = geo.pool_cache_path(kinds)
+    assert path.parent == tmp_path / "questions"
+    assert json.loads(path.read_text()) == built
+    path.write_text(json.dumps(built[:3]))
+    assert geo.candidates(kinds) == built[:3]  # read, not built again
+    path.write_text('[{"question_id": ')  # cut short
+    assert geo.candidates(kinds) == built
+    capitals = {"capital": None}
+    assert geo.pool_cache_path(capitals) != path
+    assert geo.candidates(capitals) == [row for row in built if row["kind"] == "capital"]
