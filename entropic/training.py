@@ -20,6 +20,7 @@ from pathlib import Path
 
 import datasets
 import torch
+import trl.trainer.utils as trl_utils
 from mlflow.tracking import MlflowClient
 from peft import LoraConfig
 from torch import nn
@@ -474,6 +475,30 @@ class PeriodicEvalCallback(TrainerCallback):
         log_evaluation(self.client, self.run_id, metrics, seconds, state.global_step)
 
 
+def score_completions_only_on_cpu() -> None:
+    """Make TRL's fused LM head score only the completion's positions on a CPU too.
+
+    TRL 1.16's fused head (`trl.trainer.utils.add_fused_lm_head`, every GRPO log-probability)
+    scores only the positions that carry a label (the completion's) where Triton runs it, and
+    every position of prompt and completion elsewhere, so that an XLA device (Neuron) does not
+    recompile for each batch's count of labels. A CPU compiles nothing. There the ~140 prompt
+    positions, projected onto the 49k-token vocabulary and normalised for nothing, made a
+    SmolLM2 GRPO step 1.6x as long (README "Performance"). The log-probabilities and gradients
+    are the same either way (tests/test_training.py). TRL has no option for it, so the test it
+    makes is widened to CPUs; every other device keeps TRL's rule, and a TRL without that test
+    keeps its own behaviour.
+    """
+    rule = getattr(trl_utils, "_use_triton", None)
+    if rule is None or getattr(rule, "compacts_on_cpu", False):
+        return
+
+    def compact(device: torch.device) -> bool:
+        return device.type == "cpu" or rule(device)
+
+    compact.compacts_on_cpu = True
+    trl_utils._use_triton = compact
+
+
 def build_trainer(
     cfg: RunConfig,
     checkpoint: str,
@@ -503,6 +528,7 @@ def build_trainer(
                     run_id,
                 )
             )
+    score_completions_only_on_cpu()
     nested = {}
     trainer_class = GRPOTrainer
     if cfg.trainer.confidence_samples > 1:

@@ -10,7 +10,9 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
-from transformers import TrainerState
+import trl.kernels.chunked_logprob
+import trl.trainer.utils as trl_utils
+from transformers import AutoModelForCausalLM, TrainerState
 
 from entropic import models, tracking
 from entropic.config import RunConfig
@@ -19,7 +21,12 @@ from entropic.evaluate import HELD_OUT
 from entropic.prompting import add_prompts
 from entropic.rewards import TRLReward, mark_labeled
 from entropic.semantic import build_clusterer
-from entropic.training import PeriodicEvalCallback, build_trainer, mlflow_names
+from entropic.training import (
+    PeriodicEvalCallback,
+    build_trainer,
+    mlflow_names,
+    score_completions_only_on_cpu,
+)
 from tests.conftest import compose_config
 
 QUESTIONS = {
@@ -102,6 +109,55 @@ def test_two_grpo_steps_on_a_tiny_model_change_the_weights(tmp_path, embedded_ch
     for entry in logged:
         assert (entry["rewards/mixed/mean"], entry["rewards/mixed/std"]) == (FORMAT_PENALTY, 0.0)
         assert (entry["calibration/format_rate"], entry["calibration/accuracy"]) == (0.0, 0.0)
+
+
+def test_the_fused_head_on_a_cpu_scores_the_completion_alone_with_the_same_results(
+    tmp_path, monkeypatch
+):
+    # why: TRL's fused LM head scores every position on a CPU; scoring only the completion's
+    # (training.score_completions_only_on_cpu) must change what is computed, not the
+    # log-probabilities, the entropies or the gradients GRPO gets from them
+    config = RunConfig.from_hydra(compose_config(TINY, tmp_path))
+    model = AutoModelForCausalLM.from_pretrained(models.resolve_checkpoint(config.model))
+    trl_utils.add_fused_lm_head(
+        model, temperature=0.7, cast_lm_head_to_fp32=False, outputs=("log_probs", "entropy")
+    )
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(0, model.config.vocab_size, (3, 20), generator=generator)
+    mask = torch.ones_like(input_ids)
+    mask[0, :4] = 0  # a left-padded prompt
+    # as GRPOTrainer labels them: the last 6 positions (the completion) and no padding
+    completion = 6
+    labels = input_ids.masked_fill(mask == 0, -100)
+    labels[:, :-completion] = -100
+    scored_rows = []
+    apply = trl_utils._ChunkedLogProbFunction.apply
+
+    def recording_apply(hidden, *args):
+        scored_rows.append(hidden.shape[0])
+        return apply(hidden, *args)
+
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", recording_apply)
+
+    def scored():
+        model.zero_grad()
+        out = model(input_ids=input_ids, attention_mask=mask, labels=labels, fused_lm_head=True)
+        out.log_probs[:, -completion:].sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return out.log_probs.detach(), out.entropy.detach(), grads
+
+    # TRL's own rule, then ours on top of it
+    monkeypatch.setattr(trl_utils, "_use_triton", trl.kernels.chunked_logprob._use_triton)
+    every = scored()
+    score_completions_only_on_cpu()
+    compact = scored()
+    # the shifted sequence's 19 positions of each row, then the 3 x 6 completion positions only
+    assert scored_rows == [3 * 19, 3 * completion]
+    for name, before, after in zip(("log_probs", "entropy"), every[:2], compact[:2], strict=True):
+        torch.testing.assert_close(after, before, msg=name)
+    assert every[2].keys() == compact[2].keys() and every[2]
+    for name in every[2]:
+        torch.testing.assert_close(compact[2][name], every[2][name], msg=name)
 
 
 @pytest.mark.parametrize(
