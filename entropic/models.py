@@ -161,18 +161,27 @@ BF16_MIN_SPEEDUP = 1.25
 BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 
 
-def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str] | None:
-    """The processor's feature flags (x86 `flags`, ARM `Features`), or None where the kernel does
-    not list them (macOS, Windows)."""
+def cpuinfo(path: str = "/proc/cpuinfo") -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo (`model name`, `flags`, ...), or {} where
+    the kernel lists none (macOS, Windows)."""
     try:
-        text = Path(cpuinfo).read_text()
+        text = Path(path).read_text()
     except OSError:
-        return None
+        return {}
+    fields: dict[str, str] = {}
     for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return frozenset(value.split())
-    return None
+        key, colon, value = line.partition(":")
+        if colon:
+            fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str] | None:
+    """The processor's feature flags (x86 `flags`, ARM `Features`), or None where the kernel does
+    not list them."""
+    fields = cpuinfo(path)
+    listed = fields.get("flags", fields.get("Features"))
+    return None if listed is None else frozenset(listed.split())
 
 
 @functools.lru_cache(maxsize=1)
