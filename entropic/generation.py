@@ -69,6 +69,8 @@ from transformers.generation import (
     TopPLogitsWarper,
 )
 
+from entropic.prefix_scoring import expand_cache
+
 # Drop finished rows from a decode batch once they are this share of it, and let waiting prompts
 # in once this share of the batch is free: each drop or join copies the batch's KV cache, so
 # doing it for every single row would copy about as much as it saves; a quarter bounds the copies
@@ -469,11 +471,7 @@ class _Forward:
             input_ids[row, gap:] = torch.tensor(suffix)
             mask[row, prefix_length + gap :] = 1
             positions[row, gap:] = torch.arange(prefix_length, prefix_length + len(suffix))
-        cache = DynamicCache()
-        # expand() is a view; the cache's first update copies it once per row
-        for layer_index, layer in enumerate(prefix.layers if prefix_length else []):
-            shape = (n, *layer.keys.shape[1:])
-            cache.update(layer.keys.expand(shape), layer.values.expand(shape), layer_index)
+        cache = expand_cache(prefix, n) if prefix_length else DynamicCache()
         input_ids, mask, positions = (t.to(self.device) for t in (input_ids, mask, positions))
         logits = self(input_ids, cache, attention_mask=mask, position_ids=positions)
         return _Batch(

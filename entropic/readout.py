@@ -121,13 +121,16 @@ def layer_inputs(
     model, rows: list[list[int]], layers: dict[str, nn.Module]
 ) -> dict[str, torch.Tensor]:
     """Each layer's input at the last token of every row, (rows, width) in float32. Rows are
-    right-padded in batches: causal attention keeps padding out of the real tokens."""
+    left-padded in batches, so every row's last token is the last column, and scored as GRPO
+    scores them (`use_cache=False`): on a CPU run, where entropic.prefix_scoring wraps the
+    policy, the prompt's shared prefix is computed once per batch. A layer then runs twice per
+    batch (the prefix, then the rows' own tokens), and the last call holds the last column."""
     caught: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
-    last: torch.Tensor | None = None
+    latest: dict[str, torch.Tensor] = {}
 
     def keep(name):
         def hook(module, args):
-            caught[name].append(args[0][torch.arange(len(last)), last].float())
+            latest[name] = args[0][:, -1].float()
 
         return hook
 
@@ -140,10 +143,17 @@ def layer_inputs(
             ids = torch.zeros(len(batch), width, dtype=torch.long)
             mask = torch.zeros(len(batch), width, dtype=torch.long)
             for i, r in enumerate(batch):
-                ids[i, : len(r)] = torch.tensor(r)
-                mask[i, : len(r)] = 1
-            last = torch.tensor([len(r) - 1 for r in batch])
-            model(input_ids=ids.to(device), attention_mask=mask.to(device))
+                ids[i, width - len(r) :] = torch.tensor(r)
+                mask[i, width - len(r) :] = 1
+            latest.clear()
+            model(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                use_cache=False,
+                logits_to_keep=1,
+            )
+            for name in layers:
+                caught[name].append(latest[name])
     finally:
         for hook in hooks:
             hook.remove()

@@ -30,6 +30,7 @@ from trl import GRPOConfig, GRPOTrainer
 from entropic.config import AdapterConfig, EvalConfig, PromptConfig, RunConfig
 from entropic.evaluate import evaluate_sets, metric_prefix
 from entropic.parsing import confidence_key_start
+from entropic.prefix_scoring import share_prompt_prefix
 from entropic.rollout import grpo_kwargs, prefix_cache_rollout, sample_policy
 from entropic.tracking import log_evaluation, log_metrics
 
@@ -537,7 +538,7 @@ def build_trainer(
             "confidence_samples": cfg.trainer.confidence_samples,
             "prompt_format": cfg.prompt.format,
         }
-    return trainer_class(
+    trainer = trainer_class(
         model=checkpoint,
         reward_funcs=rewards,
         args=build_grpo_config(cfg, output_dir, device, dtype),
@@ -548,6 +549,13 @@ def build_trainer(
         rollout_func=rollout_func(cfg),
         **nested,
     )
+    if device == "cpu":
+        # the system message and few-shot turns once per scoring forward, not once per row
+        # (entropic.prefix_scoring; README "Performance")
+        policy = trainer.model
+        policy = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+        share_prompt_prefix(policy.base_model)
+    return trainer
 
 
 def last_checkpoint(output_dir: str) -> str | None:

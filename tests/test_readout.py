@@ -52,15 +52,34 @@ def test_readout_adapts_the_last_down_proj_alone(tmp_path):
     assert config.adapter.centre is not None and config.trainer.loss_tokens == "first_digit"
 
 
-def test_layer_inputs_of_padded_batches_match_one_row_at_a_time(tmp_path):
+@pytest.mark.parametrize(
+    ("shared", "calls"),
+    [
+        # why: rows with nothing in common run as one padded batch each (2 batches of 16 or less)
+        (0, 2),
+        # why: rows that start alike (the prompt's system message and few-shot turns) run the
+        # shared prefix once per batch, then their own tokens (entropic.prefix_scoring, which
+        # build_trainer installs on a CPU): the same inputs from twice as many, smaller, calls
+        (12, 4),
+    ],
+)
+def test_layer_inputs_of_padded_batches_match_one_row_at_a_time(tmp_path, shared, calls):
     trainer, _ = tiny_trainer(tmp_path, READOUT)
     model = trainer.model.eval()
     layers = readout.lora_layers(model)
     generator = torch.Generator().manual_seed(0)
+    prefix = torch.randint(5, 200, (shared,), generator=generator).tolist()
     # rows of different lengths, more than one batch of them
-    rows = [torch.randint(5, 200, (n,), generator=generator).tolist() for n in [3, 9, 5, 12, 7] * 4]
-    batched = readout.layer_inputs(model, rows, layers)
+    rows = [
+        prefix + torch.randint(5, 200, (n,), generator=generator).tolist()
+        for n in [3, 9, 5, 12, 7] * 4
+    ]
     (name,) = layers
+    counted = layers[name].register_forward_pre_hook(lambda module, args: counts.append(1))
+    counts = []
+    batched = readout.layer_inputs(model, rows, layers)
+    counted.remove()
+    assert len(counts) == calls
     assert batched[name].shape == (len(rows), layers[name].in_features)
     # independently: each row alone, unpadded, its input at the last token caught by a hook
     alone = []

@@ -18,6 +18,7 @@ from entropic import models, tracking
 from entropic.config import RunConfig
 from entropic.data import load_eval_questions
 from entropic.evaluate import HELD_OUT
+from entropic.prefix_scoring import common_prefix_length, real_columns, share_prompt_prefix
 from entropic.prompting import add_prompts
 from entropic.rewards import TRLReward, mark_labeled
 from entropic.semantic import build_clusterer
@@ -111,25 +112,49 @@ def test_two_grpo_steps_on_a_tiny_model_change_the_weights(tmp_path, embedded_ch
         assert (entry["calibration/format_rate"], entry["calibration/accuracy"]) == (0.0, 0.0)
 
 
+def fused_tiny_model(tmp_path):
+    """The tiny model with TRL's fused LM head, as GRPOTrainer scores with it."""
+    config = RunConfig.from_hydra(compose_config(TINY, tmp_path))
+    model = AutoModelForCausalLM.from_pretrained(models.resolve_checkpoint(config.model))
+    trl_utils.add_fused_lm_head(
+        model, temperature=0.7, cast_lm_head_to_fp32=False, outputs=("log_probs", "entropy")
+    )
+    return model
+
+
+def scores(model, input_ids, mask, completion):
+    """Log-probabilities, entropies and the gradients of the completion's summed log-probability,
+    with the completion (the last `completion` columns) labelled as GRPOTrainer labels it."""
+    labels = input_ids.masked_fill(mask == 0, -100)
+    labels[:, :-completion] = -100
+    model.zero_grad()
+    out = model(input_ids=input_ids, attention_mask=mask, labels=labels, fused_lm_head=True)
+    out.log_probs[:, -completion:].sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out.log_probs.detach(), out.entropy.detach(), grads
+
+
+def assert_same_scores(after, before):
+    for name, old, new in zip(("log_probs", "entropy"), before[:2], after[:2], strict=True):
+        torch.testing.assert_close(new, old, msg=name)
+    assert before[2].keys() == after[2].keys() and before[2]
+    for name in before[2]:
+        torch.testing.assert_close(after[2][name], before[2][name], msg=name)
+
+
 def test_the_fused_head_on_a_cpu_scores_the_completion_alone_with_the_same_results(
     tmp_path, monkeypatch
 ):
     # why: TRL's fused LM head scores every position on a CPU; scoring only the completion's
     # (training.score_completions_only_on_cpu) must change what is computed, not the
     # log-probabilities, the entropies or the gradients GRPO gets from them
-    config = RunConfig.from_hydra(compose_config(TINY, tmp_path))
-    model = AutoModelForCausalLM.from_pretrained(models.resolve_checkpoint(config.model))
-    trl_utils.add_fused_lm_head(
-        model, temperature=0.7, cast_lm_head_to_fp32=False, outputs=("log_probs", "entropy")
-    )
+    model = fused_tiny_model(tmp_path)
     generator = torch.Generator().manual_seed(0)
     input_ids = torch.randint(0, model.config.vocab_size, (3, 20), generator=generator)
     mask = torch.ones_like(input_ids)
     mask[0, :4] = 0  # a left-padded prompt
-    # as GRPOTrainer labels them: the last 6 positions (the completion) and no padding
+    # the last 6 positions are the completion
     completion = 6
-    labels = input_ids.masked_fill(mask == 0, -100)
-    labels[:, :-completion] = -100
     scored_rows = []
     apply = trl_utils._ChunkedLogProbFunction.apply
 
@@ -138,26 +163,74 @@ def test_the_fused_head_on_a_cpu_scores_the_completion_alone_with_the_same_resul
         return apply(hidden, *args)
 
     monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", recording_apply)
-
-    def scored():
-        model.zero_grad()
-        out = model(input_ids=input_ids, attention_mask=mask, labels=labels, fused_lm_head=True)
-        out.log_probs[:, -completion:].sum().backward()
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        return out.log_probs.detach(), out.entropy.detach(), grads
-
     # TRL's own rule, then ours on top of it
     monkeypatch.setattr(trl_utils, "_use_triton", trl.kernels.chunked_logprob._use_triton)
-    every = scored()
+    every = scores(model, input_ids, mask, completion)
     score_completions_only_on_cpu()
-    compact = scored()
+    compact = scores(model, input_ids, mask, completion)
     # the shifted sequence's 19 positions of each row, then the 3 x 6 completion positions only
     assert scored_rows == [3 * 19, 3 * completion]
-    for name, before, after in zip(("log_probs", "entropy"), every[:2], compact[:2], strict=True):
-        torch.testing.assert_close(after, before, msg=name)
-    assert every[2].keys() == compact[2].keys() and every[2]
-    for name in every[2]:
-        torch.testing.assert_close(compact[2][name], every[2][name], msg=name)
+    assert_same_scores(compact, every)
+
+
+def test_scoring_with_the_shared_prefix_computed_once_gives_the_same_results(tmp_path):
+    # why: GRPO's scoring forward runs the same system message and few-shot turns in every row;
+    # computing that prefix once (prefix_scoring.share_prompt_prefix) must change how many
+    # positions the decoder runs, not the log-probabilities, entropies or gradients
+    model = fused_tiny_model(tmp_path)
+    generator = torch.Generator().manual_seed(0)
+    prefix = torch.randint(0, model.config.vocab_size, (12,), generator=generator)
+    # three rows: the prefix, then 5, 8 and 3 tokens of their own, left-padded to one width as
+    # TRL pads prompts; the first row's completion ended a token early (right padding)
+    own = [torch.randint(0, model.config.vocab_size, (n,), generator=generator) for n in (5, 8, 3)]
+    width = 12 + 8
+    input_ids = torch.zeros(3, width, dtype=torch.long)
+    mask = torch.zeros(3, width, dtype=torch.long)
+    for row, tokens in enumerate(own):
+        start = width - 12 - len(tokens)
+        input_ids[row, start:] = torch.cat([prefix, tokens])
+        mask[row, start:] = 1
+    mask[0, -1] = 0
+    completion = 3
+    positions_run = []
+    model.model.embed_tokens.register_forward_hook(
+        lambda module, args, out: positions_run.append(args[0].numel())
+    )
+    plain = scores(model, input_ids, mask, completion)
+    share_prompt_prefix(model.model)
+    shared = scores(model, input_ids, mask, completion)
+    # 3 rows of 20 columns; then the 12 shared tokens once and 3 rows of the widest own part (8)
+    assert positions_run == [3 * width, 12, 3 * 8]
+    assert_same_scores(shared, plain)
+    # generation's calls (a cache, use_cache=True) keep the model's own forward
+    positions_run.clear()
+    model(input_ids=input_ids, attention_mask=mask, use_cache=True)
+    assert positions_run == [3 * width]
+
+
+@pytest.mark.parametrize(
+    ("input_ids", "mask", "expected"),
+    [
+        # why: rows that agree up to their last token share all but that last token
+        ([[1, 2, 3, 4], [1, 2, 3, 4]], [[1, 1, 1, 1], [1, 1, 1, 1]], 3),
+        # why: left padding is skipped before comparing; the rows part at their third token
+        ([[0, 1, 2, 9, 7], [1, 2, 5, 6, 8]], [[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]], 2),
+        # why: every row keeps at least one token of its own, the shortest sets the bound
+        ([[0, 0, 1, 2], [1, 2, 3, 4]], [[0, 0, 1, 1], [1, 1, 1, 1]], 1),
+        # why: right padding is no token of the row's (a completion that ended early)
+        ([[1, 2, 3, 0], [1, 2, 3, 4]], [[1, 1, 1, 0], [1, 1, 1, 1]], 2),
+        # why: rows that differ at once share nothing
+        ([[1, 2, 3], [4, 2, 3]], [[1, 1, 1], [1, 1, 1]], 0),
+    ],
+)
+def test_the_common_prefix_is_counted_on_each_rows_real_tokens(input_ids, mask, expected):
+    starts, ends = real_columns(torch.tensor(mask))
+    assert common_prefix_length(torch.tensor(input_ids), starts, ends) == expected
+
+
+def test_a_mask_with_a_hole_is_not_a_layout_to_share():
+    # why: padding inside a row is not TRL's layout; such a call keeps the model's own forward
+    assert real_columns(torch.tensor([[1, 0, 1], [1, 1, 1]])) is None
 
 
 @pytest.mark.parametrize(
