@@ -141,10 +141,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def processor(path: str = "/proc/cpuinfo") -> str:
+    """The processor's name, with what tells two of one name apart: its x86 family and model,
+    and the bf16 instructions it lists (the two AMD EPYC kinds of our sessions share the name
+    "AMD EPYC", and one has bf16 instructions, which decide `model.dtype: auto`)."""
+    fields = models.cpuinfo(path)
+    name = fields.get("model name") or platform.processor() or "unknown"
+    details = []
+    if "cpu family" in fields and "model" in fields:
+        details.append(f"family {fields['cpu family']} model {fields['model']}")
+    flags = models.cpu_flags(path)
+    if flags is not None:
+        bf16 = sorted(flags & models.BF16_CPU_FLAGS)
+        details.append(f"bf16: {', '.join(bf16)}" if bf16 else "no bf16 instructions")
+    return f"{name} ({'; '.join(details)})" if details else name
+
+
 def machine() -> dict[str, Any]:
-    cpu = models.cpuinfo().get("model name") or platform.processor() or "unknown"
     info = {
-        "cpu": cpu,
+        "cpu": processor(),
         "cores": os.cpu_count(),
         "load_average_1m": os.getloadavg()[0],
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

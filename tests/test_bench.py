@@ -8,6 +8,7 @@ import json
 import math
 
 import mlflow
+import pytest
 
 from entropic import bench
 
@@ -116,3 +117,30 @@ def test_bench_measures_every_section_and_writes_json_and_markdown(
     )
     for heading in headings:
         assert heading in report
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "expected"),
+    [
+        # why: the Zen 3 EPYC of the eleventh and later sessions: no bf16, so fp32 by rule
+        (
+            "processor\t: 0\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\n"
+            "flags\t\t: fpu avx2 fma\n",
+            "AMD EPYC (family 25 model 1; no bf16 instructions)",
+        ),
+        # why: the same name with AVX-512 bf16 (the earlier sessions' EPYC) reads differently
+        (
+            "processor\t: 0\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n"
+            "flags\t\t: avx2 avx512f avx512_bf16\n",
+            "AMD EPYC (family 25 model 17; bf16: avx512_bf16)",
+        ),
+        # why: an ARM server lists no family and names its features under another key
+        (
+            "processor\t: 0\nmodel name\t: Neoverse-V1\nFeatures\t: fp asimd bf16\n",
+            "Neoverse-V1 (bf16: bf16)",
+        ),
+    ],
+)
+def test_the_benchmark_names_the_processor_so_two_of_one_name_differ(tmp_path, cpuinfo, expected):
+    (tmp_path / "cpuinfo").write_text(cpuinfo)
+    assert bench.processor(str(tmp_path / "cpuinfo")) == expected
