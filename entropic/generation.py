@@ -61,7 +61,6 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 from transformers.generation import (
     LogitsProcessorList,
     TemperatureLogitsWarper,
@@ -69,7 +68,7 @@ from transformers.generation import (
     TopPLogitsWarper,
 )
 
-from entropic.prefix_scoring import expand_cache
+from entropic.prefix_scoring import expand_cache, windowed_layers
 
 # Drop finished rows from a decode batch once they are this share of it, and let waiting prompts
 # in once this share of the batch is free: each drop or join copies the batch's KV cache, so
@@ -439,12 +438,11 @@ class _Forward:
 
     def prefill_prefix(self, prefix: list[int]) -> DynamicCache:
         cache = DynamicCache(config=self.model.config)
-        # a config without layer types gets plain DynamicLayers, added as the forward needs them
-        unsupported = [i for i, layer in enumerate(cache.layers) if type(layer) is not DynamicLayer]
+        unsupported = windowed_layers(self.model.config)
         if unsupported:
             raise ValueError(
-                f"engine prefix_cache: layers {unsupported[:5]} of this model keep a "
-                f"{type(cache.layers[unsupported[0]]).__name__} (sliding-window or linear "
+                f"engine prefix_cache: layers {[i for i, _ in unsupported[:5]]} of this model "
+                f"keep a {unsupported[0][1]} (sliding-window or linear "
                 "attention), which padding inside the sequence would change. Fix: generation=hf "
                 "(and rollout=hf) for this model"
             )

@@ -75,9 +75,20 @@ def expand_cache(prefix: DynamicCache, rows: int) -> DynamicCache:
     return cache
 
 
+def windowed_layers(config) -> list[tuple[int, str]]:
+    """(index, cache layer kind) of each layer whose cache is not a plain full-attention one
+    (sliding-window or linear attention), which padding inside a row would change. A config
+    without layer types gets plain layers, added as the forward needs them."""
+    cache = DynamicCache(config=config)
+    return [
+        (i, type(x).__name__) for i, x in enumerate(cache.layers) if type(x) is not DynamicLayer
+    ]
+
+
 def share_prompt_prefix(backbone: torch.nn.Module) -> None:
-    """Wrap `backbone.forward` (once) so scoring calls compute the shared prefix once."""
-    if getattr(backbone.forward, "shares_prompt_prefix", False):
+    """Wrap `backbone.forward` (once) so scoring calls compute the shared prefix once; a model
+    with windowed layers keeps its own forward."""
+    if getattr(backbone.forward, "shares_prompt_prefix", False) or windowed_layers(backbone.config):
         return
     original = backbone.forward
     parameters = inspect.signature(original).parameters
@@ -94,11 +105,6 @@ def share_prompt_prefix(backbone: torch.nn.Module) -> None:
         first = int(starts[0])
         prefix_out = original(input_ids=input_ids[:1, first : first + shared], use_cache=True)
         prefix_cache = prefix_out.past_key_values
-        if any(type(layer) is not DynamicLayer for layer in prefix_cache.layers):
-            # a sliding-window or linear-attention layer: padding inside the row would change it
-            return original(
-                input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache, **kwargs
-            )
         # each row's columns after its prefix, right-aligned in the last `own` columns as in the
         # input; its real tokens end at `ends`, right padding after them stays masked
         own_lengths = width - starts - shared
@@ -129,7 +135,8 @@ def share_prompt_prefix(backbone: torch.nn.Module) -> None:
 def _plan(
     backbone, input_ids, attention_mask, use_cache, kwargs
 ) -> tuple[torch.Tensor, torch.Tensor, int] | None:
-    """(each row's padding, shared tokens) for a scoring call worth sharing; None otherwise."""
+    """(each row's first real column, the column after its last, shared tokens) for a scoring
+    call worth sharing; None otherwise."""
     if use_cache is not False or input_ids is None or attention_mask is None:
         return None
     if any(value is not None for value in kwargs.values()):

@@ -133,3 +133,22 @@ def smoke_sweep(tmp_path_factory, embedded_checkpoint, empty_store):
         timeout=900,
     )
     return SimpleNamespace(uri=uri, sweep_dir=tmp / "sweep", done=done)
+
+
+def sliding_window_model(vocab_size: int):
+    """A 2-layer Qwen2 whose layers attend through a 16-token sliding window: the kind of model
+    the prefix-cached engine and the shared-prefix scoring must leave to transformers."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    config = Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        use_sliding_window=True,
+        sliding_window=16,
+        max_window_layers=0,
+    )
+    return AutoModelForCausalLM.from_config(config)

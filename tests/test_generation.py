@@ -10,7 +10,7 @@ import datasets
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+from transformers import AutoModelForCausalLM, LlamaConfig
 
 from entropic import config as config_module
 from entropic import generation, models
@@ -28,7 +28,7 @@ from entropic.generation import (
 )
 from entropic.models import RANDOM_SHAPES
 from entropic.prompting import build_messages
-from tests.conftest import compose_config
+from tests.conftest import compose_config, sliding_window_model
 
 # Questions of different token lengths, so the suffixes after the shared prefix differ.
 QUESTIONS = [
@@ -329,18 +329,7 @@ def test_a_sliding_window_model_is_refused_by_the_prefix_engine(tiny):
     # why: with padding inside the sequence, a window counted in columns is not the model's
     _, tokenizer, prompts, _ = tiny
     torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        use_sliding_window=True,
-        sliding_window=16,
-        max_window_layers=0,
-    )
-    model = AutoModelForCausalLM.from_config(config)
+    model = sliding_window_model(len(tokenizer))
     with pytest.raises(ValueError, match="generation=hf"):
         run(model, tokenizer, prompts, "prefix_cache")
     # transformers' generate still serves it

@@ -28,7 +28,7 @@ from entropic.training import (
     mlflow_names,
     score_completions_only_on_cpu,
 )
-from tests.conftest import compose_config
+from tests.conftest import compose_config, sliding_window_model
 
 QUESTIONS = {
     "question_id": [f"q{i}" for i in range(4)],
@@ -206,6 +206,15 @@ def test_scoring_with_the_shared_prefix_computed_once_gives_the_same_results(tmp
     positions_run.clear()
     model(input_ids=input_ids, attention_mask=mask, use_cache=True)
     assert positions_run == [3 * width]
+
+
+def test_a_sliding_window_model_keeps_its_own_scoring_forward():
+    # why: with padding between prefix and a row's own tokens, a window counted in columns is
+    # not the model's, so the shared prefix is not installed on such a model
+    model = sliding_window_model(64)
+    own_forward = model.model.forward
+    share_prompt_prefix(model.model)
+    assert model.model.forward == own_forward
 
 
 @pytest.mark.parametrize(
