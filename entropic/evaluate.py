@@ -24,7 +24,9 @@ from entropic.grading import abstains, is_correct, mentions_alternatives
 from entropic.metrics import (
     auroc,
     brier_score,
+    brier_skill,
     calibration_gap,
+    constant_brier,
     discrimination,
     expected_calibration_error,
 )
@@ -40,6 +42,10 @@ METRIC_NAMES = (
     "auroc",
     "format_rate",
 )
+# The Brier score of the best single confidence on the same (parsed) answers, and the skill
+# score against it (1 - brier / brier_constant): positive only when the stated numbers beat
+# saying the answers' accuracy to every question.
+BASELINE_NAMES = ("brier_constant", "brier_skill")
 # How the stated confidence separates right from wrong answers, and whether it is one number
 # said to every question (the dead end of group-normalised GRPO): printed and logged beside the
 # METRIC_NAMES, which the study reports read.
@@ -48,7 +54,7 @@ DISCRIMINATION_NAMES = ("confidence_correct", "confidence_wrong", "distinct_conf
 # answer abstains ("I don't know", "None") and whose completion puts forward more than one
 # candidate (entropic.grading.abstains, mentions_alternatives).
 SHARE_NAMES = ("abstain_share", "alternatives_share")
-SUMMARY_NAMES = METRIC_NAMES + DISCRIMINATION_NAMES + SHARE_NAMES
+SUMMARY_NAMES = METRIC_NAMES + BASELINE_NAMES + DISCRIMINATION_NAMES + SHARE_NAMES
 # The behaviour table's columns, before vs after: confidence when right, when wrong, and the shares.
 BEHAVIOUR_NAMES = ("confidence_correct", "confidence_wrong", *SHARE_NAMES)
 
@@ -113,6 +119,7 @@ def summarize(predictions: pd.DataFrame) -> dict[str, float]:
     if parsed.empty:
         nan = math.nan
         metrics.update(confidence=nan, calibration_gap=nan, ece=nan, brier=nan, auroc=nan)
+        metrics.update(brier_constant=nan, brier_skill=nan)
         metrics.update(confidence_correct=nan, confidence_wrong=nan, distinct_confidences=0.0)
         return metrics
     confidences = parsed["confidence"].to_numpy(float)
@@ -123,6 +130,8 @@ def summarize(predictions: pd.DataFrame) -> dict[str, float]:
         calibration_gap=calibration_gap(confidences, correct),
         ece=expected_calibration_error(confidences, correct, n_bins=10),
         brier=brier_score(confidences, correct),
+        brier_constant=constant_brier(correct),
+        brier_skill=brier_skill(confidences, correct),
         auroc=auroc(confidences, correct),
     )
     return metrics

@@ -2,9 +2,10 @@
 
 Every metric takes confidences in [0, 1] and 0/1 (or bool) correctness labels, validates them
 loudly (empty, mismatched, NaN, out of range or non-binary inputs raise ``ValueError``), and
-returns a plain float. `reliability_bins` is the one binning implementation: the expected
-calibration error is computed from the same bins a reliability diagram draws. `bootstrap_ci`
-and `mean_ci` put intervals on any of them, across questions and across seeds respectively.
+returns a plain float; `constant_brier` needs the correctness alone. `reliability_bins` is the
+one binning implementation: the expected calibration error is computed from the same bins a
+reliability diagram draws. `bootstrap_ci` and `mean_ci` put intervals on any of them, across
+questions and across seeds respectively.
 """
 
 import math
@@ -67,6 +68,27 @@ def brier_score(confidences: ArrayLike, correct: ArrayLike) -> float:
     """Mean squared difference between confidence and the 0/1 outcome."""
     confidences, correct = _validated(confidences, correct)
     return float(np.mean((confidences - correct) ** 2))
+
+
+def constant_brier(correct: ArrayLike) -> float:
+    """The Brier score of the best single confidence for these outcomes: their accuracy p said
+    to every one scores p (1 - p) (the climatological forecast), the least any one number can."""
+    accuracy = float(_validated_correct(correct).mean())
+    return accuracy * (1 - accuracy)
+
+
+def brier_skill(confidences: ArrayLike, correct: ArrayLike) -> float:
+    """Brier skill score against the best single confidence: 1 - Brier / `constant_brier`.
+
+    Positive when the stated confidences beat every constant on the same answers (1 is perfect),
+    0 when they tie the best one, negative below it. NaN when all answers are right or all are
+    wrong: the constant then scores 0 and no confidence can beat it.
+    """
+    confidences, correct = _validated(confidences, correct)
+    reference = constant_brier(correct)
+    if reference == 0:
+        return float("nan")
+    return 1 - brier_score(confidences, correct) / reference
 
 
 def auroc(confidences: ArrayLike, correct: ArrayLike) -> float:
@@ -173,9 +195,14 @@ def _validated(confidences: ArrayLike, correct: ArrayLike) -> tuple[np.ndarray, 
     if ((confidences < 0) | (confidences > 1)).any():
         outside = confidences[(confidences < 0) | (confidences > 1)]
         raise ValueError(f"confidences must lie in [0, 1]; found {outside[:5].tolist()}")
+    return confidences, _validated_correct(correct)
+
+
+def _validated_correct(correct: ArrayLike) -> np.ndarray:
+    correct, _ = _validated_pair(correct, correct, "correct", "correct")
     if not np.isin(correct, (0, 1)).all():
         raise ValueError(f"correct must be 0/1 or bool; found {np.unique(correct)[:5].tolist()}")
-    return confidences, correct
+    return correct
 
 
 def _validated_pair(

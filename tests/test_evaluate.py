@@ -50,6 +50,8 @@ SIX = predictions(
 #   confidence     (.9 + .6 + .6 + .2 + .5) / 5 = 2.8 / 5                               = 0.56
 #   calibration_gap  0.56 - 2/5                                                          = 0.16
 #   brier          (.1^2 + .4^2 + .6^2 + .2^2 + .5^2) / 5 = (.01+.16+.36+.04+.25) / 5  = 0.164
+#   brier_constant the parsed subset is 2 right of 5: .4 x .6                           = 0.24
+#   brier_skill    1 - .164 / .24                                                       = 19/60
 #   ece            bins of 0.1: {.9} acc 1, {.6,.6} acc .5, {.2} acc 0, {.5} acc 0
 #                  1/5 * .1 + 2/5 * .1 + 1/5 * .2 + 1/5 * .5 = .02 + .04 + .04 + .10    = 0.20
 #   auroc          right {.9, .6} vs wrong {.6, .2, .5}: .9 beats 3, .6 beats 2 and ties 1
@@ -65,6 +67,8 @@ SIX_EXPECTED = {
     "confidence": 0.56,
     "calibration_gap": 0.16,
     "brier": 0.164,
+    "brier_constant": 0.24,
+    "brier_skill": 19 / 60,
     "ece": 0.20,
     "auroc": 11 / 12,
     "confidence_correct": 0.75,
@@ -88,7 +92,8 @@ def test_summarize_with_nothing_parsed():
     assert metrics["accuracy"] == 0.5 and metrics["format_rate"] == 0.0
     assert metrics["distinct_confidences"] == 0.0
     # why: a table saved before the behaviour columns existed (a resumed run's) has no shares
-    for name in ("confidence", "calibration_gap", "brier", "confidence_correct", "abstain_share"):
+    undefined = ("confidence", "calibration_gap", "brier", "brier_constant", "brier_skill")
+    for name in (*undefined, "confidence_correct", "abstain_share"):
         assert math.isnan(metrics[name]), name
     assert set(metrics) == set(SUMMARY_NAMES)
 

@@ -13,7 +13,9 @@ from entropic.metrics import (
     auroc,
     bootstrap_ci,
     brier_score,
+    brier_skill,
     calibration_gap,
+    constant_brier,
     expected_calibration_error,
     mean_ci,
     pearson_r,
@@ -105,6 +107,37 @@ def test_brier_score_matches_sklearn(seed):
 
 
 @pytest.mark.parametrize("seed", range(5))
+def test_constant_brier_is_the_best_single_confidence(seed):
+    # why: the baseline a trained model must beat is the least Brier any one number scores on
+    # the same answers; search the numbers 0.000-1.000 with scikit-learn's Brier
+    _, correct = random_predictions(seed, size=50 + 37 * seed)
+    grid = np.linspace(0, 1, 1001)
+    best = min(brier_score_loss(correct, np.full(correct.size, c)) for c in grid)
+    assert constant_brier(correct) == pytest.approx(best, abs=1e-6)
+
+
+BRIER_SKILL_CASES = [
+    # (confidences, correct, expected, why)
+    ([0.5, 0.5, 0.5, 0.5], [1, 0, 1, 0], 0.0, "the accuracy said to all ties the best constant"),
+    ([1.0, 0.0, 1.0, 0.0], [1, 0, 1, 0], 1.0, "a perfect forecaster: Brier 0"),
+    ([0.9, 0.9, 0.9, 0.9], [1, 0, 0, 0], 1 - 0.61 / 0.1875, "one number, the wrong one: below 0"),
+    ([0.8, 0.6, 0.2, 0.4], [1, 1, 0, 0], 1 - 0.1 / 0.25, "ranked and close: Brier .10 vs .25"),
+    ([0.3, 0.7], [1, 1], math.nan, "all right: the constant 1 scores 0, nothing beats it"),
+]
+
+
+@pytest.mark.parametrize(
+    ("confidences", "correct", "expected"),
+    [case[:3] for case in BRIER_SKILL_CASES],
+    ids=[case[3] for case in BRIER_SKILL_CASES],
+)
+def test_brier_skill(confidences, correct, expected):
+    # by hand: .9 to one right of four is (.1^2 + 3 x .9^2) / 4 = .61 against .25 x .75 = .1875;
+    # .8 .6 .2 .4 on 1 1 0 0 is (.04 + .16 + .04 + .16) / 4 = .10 against .5 x .5 = .25
+    assert brier_skill(confidences, correct) == pytest.approx(expected, nan_ok=True)
+
+
+@pytest.mark.parametrize("seed", range(5))
 def test_auroc_matches_sklearn(seed):
     confidences, correct = random_predictions(seed)
     assert auroc(confidences, correct) == pytest.approx(roc_auc_score(correct, confidences))
@@ -146,7 +179,14 @@ INVALID_INPUT_CASES = [
 )
 @pytest.mark.parametrize(
     "metric",
-    [expected_calibration_error, brier_score, auroc, calibration_gap, reliability_bins],
+    [
+        expected_calibration_error,
+        brier_score,
+        brier_skill,
+        auroc,
+        calibration_gap,
+        reliability_bins,
+    ],
     ids=lambda metric: metric.__name__,
 )
 def test_invalid_inputs_raise(metric, confidences, correct, message):
