@@ -23,15 +23,18 @@ a shared 2-core box move with whatever else runs. Five sections:
    answers bf16 rounding changes by itself: in bf16 even `generate` gives other answers for
    another batch shape).
 3. GRPO step time of the job's trainer at the compute profile's sizes, for each of
-   `STEP_VARIANTS` (full fine-tuning as it ran before LoRA, with the KL reference pass and TRL's
-   gradient checkpointing; full without them; LoRA in fp32 and bf16), split with
-   TRL's own profiling timers (`trl.extras.profiling`, logged to an MLflow run when `report_to`
-   names mlflow): generation (`transformers.generate`), reward (`_calculate_rewards`), the rest of
-   `_prepare_inputs` (tokenising, old/reference log-probabilities) and optimisation (the step minus
-   `_prepare_inputs`: loss, backward, optimiser). The first step is a warm-up and not averaged.
-   The last two variants run the LoRA bf16 step with rollout=prefix_cache (its generation is
-   the `prefix_cache.generate` timer), the second with adapters on the top 8 layers only
-   (`adapter.top_layers=8`: the backward pass stops at the lowest adapted layer).
+   `STEP_VARIANTS` (full fine-tuning as it ran before LoRA, with the KL reference pass, TRL's
+   gradient checkpointing and TRL's scoring; then one change at a time: without the first two,
+   LoRA, the output head on the completion alone, the prompt's shared prefix computed once; then
+   the rollout engine and bf16), split with TRL's own profiling timers (`trl.extras.profiling`,
+   logged to an MLflow run when `report_to` names mlflow): generation (`transformers.generate`),
+   reward (`_calculate_rewards`), the rest of `_prepare_inputs` (tokenising, old/reference log-
+   probabilities) and optimisation (the step minus `_prepare_inputs`: loss, backward, optimiser).
+   The first step is a warm-up and not averaged. The rollout=prefix_cache variants time
+   generation with the `prefix_cache.generate` timer; the last one has adapters on the top 8
+   layers only (`adapter.top_layers=8`: the backward pass stops at the lowest adapted layer).
+   `shared_prefix_calls` counts the scoring forwards that computed the shared prefix once (0 for
+   TRL's scoring).
 4. Reward overhead: each reward (and clusterer) on one step's worth of sampled completions, as a
    share of the fp32 step.
 5. Test-time cost of uncertainty: the model's single greedy answer with its stated confidence
@@ -55,7 +58,7 @@ import time
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import mlflow
 import numpy as np
@@ -70,36 +73,53 @@ from entropic.evaluate import evaluate
 from entropic.generation import Generated, Sampling, chat_prompt_ids, generate, stop_token_ids
 from entropic.jobs.context import RunContext, prepare
 from entropic.metrics import auroc
+from entropic.prefix_scoring import shared_prefix_calls
 from entropic.prompting import add_prompts, build_messages
 from entropic.rewards import TRLReward
 from entropic.sampling import sample_answers, score_questions
 from entropic.semantic import build_clusterer
-from entropic.training import build_trainer
+from entropic.training import build_trainer, trl_head_rule
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-# GRPO step variants: (dtype, adapter fields, trainer fields, rollout backend). The first is the
-# baseline of the `vs_first` column: the job as it ran before LoRA (full weights, KL beta 0.04
-# with its reference model, TRL's default gradient checkpointing). Every variant names its adapter
-# fields in full, so a change of the defaults in conf/ does not change what a row measures.
+
+
+class StepVariant(NamedTuple):
+    """One GRPO step configuration of section 3: its dtype name, adapter and trainer fields, the
+    rollout backend, and the CPU scoring (`SCORING`)."""
+
+    dtype: str
+    adapter: dict[str, Any]
+    trainer: dict[str, Any]
+    rollout: str
+    scoring: str = "ours"
+
+
+# How a CPU step scores its completions: TRL 1.16's own rules (the output head over every
+# position, each row's prompt in full), the head on the completion's positions only
+# (`training.score_completions_only_on_cpu`), or that and the prompt's shared prefix computed once
+# (`entropic.prefix_scoring`): what every CPU run does. On a GPU the first two are TRL's own.
+SCORING = ("trl", "completion head", "ours")
+# GRPO step variants. The first is the baseline of the `vs_first` column: the job as it ran
+# before LoRA (full weights, KL beta 0.04 with its reference model, TRL's default gradient
+# checkpointing, TRL's scoring). Rows 2-5 then change one thing each (the KL pass and
+# checkpointing, LoRA, the completion-only head, the shared prefix). Every variant names its
+# adapter fields in full, so a change of the defaults in conf/ does not change what a row measures.
 ALL_LAYERS = {"name": "lora", "top_layers": None}
-STEP_VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
-    "full fp32, beta 0.04, checkpointing": (
-        "fp32",
-        {"name": "full"},
-        {"beta": 0.04, "gradient_checkpointing": True},
-        "hf",
+STEP_VARIANTS: dict[str, StepVariant] = {
+    "full fp32, beta 0.04, checkpointing, TRL's scoring": StepVariant(
+        "fp32", {"name": "full"}, {"beta": 0.04, "gradient_checkpointing": True}, "hf", "trl"
     ),
-    "full fp32": ("fp32", {"name": "full"}, {}, "hf"),
-    "lora fp32": ("fp32", ALL_LAYERS, {}, "hf"),
-    "lora bf16": ("bf16", ALL_LAYERS, {}, "hf"),
-    "lora bf16, rollout=prefix_cache": ("bf16", ALL_LAYERS, {}, "prefix_cache"),
-    "lora bf16, top 8 layers, rollout=prefix_cache": (
-        "bf16",
-        {"name": "lora", "top_layers": 8},
-        {},
-        "prefix_cache",
+    "full fp32, TRL's scoring": StepVariant("fp32", {"name": "full"}, {}, "hf", "trl"),
+    "lora fp32, TRL's scoring": StepVariant("fp32", ALL_LAYERS, {}, "hf", "trl"),
+    "lora fp32, completion-only head": StepVariant("fp32", ALL_LAYERS, {}, "hf", "completion head"),
+    "lora fp32": StepVariant("fp32", ALL_LAYERS, {}, "hf"),
+    "lora fp32, rollout=prefix_cache": StepVariant("fp32", ALL_LAYERS, {}, "prefix_cache"),
+    "lora bf16": StepVariant("bf16", ALL_LAYERS, {}, "hf"),
+    "lora bf16, rollout=prefix_cache": StepVariant("bf16", ALL_LAYERS, {}, "prefix_cache"),
+    "lora bf16, top 8 layers, rollout=prefix_cache": StepVariant(
+        "bf16", {"name": "lora", "top_layers": 8}, {}, "prefix_cache"
     ),
 }
 # TRL's profiling metric names: "profiling/Time taken: GRPOTrainer.<block>"
@@ -356,13 +376,13 @@ def grpo_step(
     experiment_id: str,
 ):
     """Step and per-block times (seconds, mean over steps after the first) of real GRPO steps."""
-    dtype_name, adapter_fields, trainer_fields, rollout = STEP_VARIANTS[variant]
-    dtype = DTYPES[dtype_name]
+    chosen = STEP_VARIANTS[variant]
+    dtype = DTYPES[chosen.dtype]
     config = replace(
         prepared.config,
-        trainer=replace(prepared.config.trainer, max_steps=steps, **trainer_fields),
-        adapter=replace(prepared.config.adapter, **adapter_fields),
-        rollout=replace(prepared.config.rollout, name=rollout),
+        trainer=replace(prepared.config.trainer, max_steps=steps, **chosen.trainer),
+        adapter=replace(prepared.config.adapter, **chosen.adapter),
+        rollout=replace(prepared.config.rollout, name=chosen.rollout),
     )
     reward = TRLReward(
         config.reward, config.trainer.num_generations, prepared.clusterer, config.prompt.format
@@ -378,13 +398,15 @@ def grpo_step(
         dtype,
         client=None,
         run_id=None,
+        share_prefix=chosen.scoring == "ours",
     )
     timer = StepTimer()
     trainer.add_callback(timer)
     # TRL's profiling timers report to the backends in args.report_to; mlflow logs them to the
     # active fluent run. Set after construction, so transformers adds no MLflowCallback of its own.
     trainer.args.report_to = ["mlflow"]
-    with mlflow.start_run(experiment_id=experiment_id) as run:
+    head_rule = trl_head_rule() if chosen.scoring == "trl" else contextlib.nullcontext()
+    with mlflow.start_run(experiment_id=experiment_id) as run, head_rule:
         trainer.train()
     client = mlflow.MlflowClient()
     blocks: dict[str, dict[int, float]] = defaultdict(lambda: defaultdict(float))
@@ -402,7 +424,7 @@ def grpo_step(
         name: mean([per_step[s] for s in sorted(per_step)]) for name, per_step in blocks.items()
     }
     prepare_inputs = block.get("_prepare_inputs", 0.0)
-    generation = block.get(GENERATION_TIMERS[rollout], 0.0)
+    generation = block.get(GENERATION_TIMERS[chosen.rollout], 0.0)
     rewards = block.get("_calculate_rewards", 0.0)
     return {
         "step_s": step,
@@ -411,6 +433,7 @@ def grpo_step(
         "other_scoring_s": prepare_inputs - generation - rewards,
         "optimisation_s": step - prepare_inputs,
         "completions_per_step": config.trainer.per_device_train_batch_size,
+        "shared_prefix_calls": shared_prefix_calls(trainer.model),
         "trl_profiling_s": dict(block),
     }
 
@@ -579,6 +602,7 @@ def markdown(results: dict[str, Any]) -> str:
                 "reward_s",
                 "other_scoring_s",
                 "optimisation_s",
+                "shared_prefix_calls",
             ],
         ),
         "",

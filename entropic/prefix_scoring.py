@@ -101,6 +101,7 @@ def share_prompt_prefix(backbone: torch.nn.Module) -> None:
                 input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache, **kwargs
             )
         starts, ends, shared = plan
+        forward.shared_calls += 1
         rows, width = input_ids.shape
         first = int(starts[0])
         prefix_out = original(input_ids=input_ids[:1, first : first + shared], use_cache=True)
@@ -129,7 +130,18 @@ def share_prompt_prefix(backbone: torch.nn.Module) -> None:
         return BaseModelOutputWithPast(last_hidden_state=torch.stack(hidden))
 
     forward.shares_prompt_prefix = True
+    forward.shared_calls = 0
     backbone.forward = forward
+
+
+def shared_prefix_calls(model: torch.nn.Module) -> int:
+    """How many forwards of `model` (a policy, with or without an adapter) computed a shared
+    prefix once; 0 when its backbone was never wrapped."""
+    for module in model.modules():
+        calls = getattr(module.forward, "shared_calls", None)
+        if calls is not None:
+            return calls
+    return 0
 
 
 def _plan(

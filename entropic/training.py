@@ -14,6 +14,7 @@ join entropic's own under `time/`, and what another metric already holds is not 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 from pathlib import Path
@@ -497,7 +498,24 @@ def score_completions_only_on_cpu() -> None:
         return device.type == "cpu" or rule(device)
 
     compact.compacts_on_cpu = True
+    compact.trl_rule = rule
     trl_utils._use_triton = compact
+
+
+@contextlib.contextmanager
+def trl_head_rule():
+    """TRL's own rule for its fused head while the block runs: every position scored on a CPU,
+    as before `score_completions_only_on_cpu` (`make bench`'s baseline)."""
+    rule = getattr(trl_utils, "_use_triton", None)
+    if rule is None:
+        # a TRL without the rule scores as it always does
+        yield
+        return
+    trl_utils._use_triton = getattr(rule, "trl_rule", rule)
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = rule
 
 
 def build_trainer(
@@ -512,7 +530,11 @@ def build_trainer(
     client: MlflowClient | None,
     run_id: str | None,
     periodic_questions: dict[str, datasets.Dataset] | None = None,
+    share_prefix: bool = True,
 ) -> GRPOTrainer:
+    """TRL's GRPOTrainer for the run, with our callbacks, adapter and rollout; on a CPU the
+    scoring forward computes the prompt's shared prefix once unless `share_prefix` is False
+    (`make bench` times it both ways)."""
     callbacks: list[TrainerCallback] = []
     if client is not None and run_id is not None:
         callbacks.append(MlflowMetricsCallback(client, run_id))
@@ -549,7 +571,7 @@ def build_trainer(
         rollout_func=rollout_func(cfg),
         **nested,
     )
-    if device == "cpu":
+    if device == "cpu" and share_prefix:
         # the system message and few-shot turns once per scoring forward, not once per row
         # (entropic.prefix_scoring; README "Performance")
         policy = trainer.model

@@ -77,10 +77,10 @@ def test_bench_measures_every_section_and_writes_json_and_markdown(
     assert [step["variant"] for step in steps] == list(bench.STEP_VARIANTS)
     # why: the first variant is the baseline the others are compared with
     assert steps[0]["vs_first"] == 1.0
-    for step, (_, _, _, rollout) in zip(steps, bench.STEP_VARIANTS.values(), strict=True):
+    for step, variant in zip(steps, bench.STEP_VARIANTS.values(), strict=True):
         # why: the blocks were read back from TRL's profiling timers in MLflow, generation under
         # the timer of the variant's rollout backend
-        timer = bench.GENERATION_TIMERS[rollout]
+        timer = bench.GENERATION_TIMERS[variant.rollout]
         assert {"_prepare_inputs", timer, "_calculate_rewards"} <= set(step["trl_profiling_s"])
         # why: TRL's blocks nest: generation and the rewards run inside _prepare_inputs, which
         # runs inside the step; timers read from the wrong steps or runs would break the nesting
@@ -89,6 +89,14 @@ def test_bench_measures_every_section_and_writes_json_and_markdown(
         assert step["optimisation_s"] > 0
         # why: the step's batch, from compute.cpu_scale
         assert step["completions_per_step"] == 4
+        # why: a row timed with TRL's scoring must not compute the shared prefix once, and one
+        # timed with ours must have (2 steps, each scoring the batch at least once)
+        if variant.scoring == "ours":
+            assert step["shared_prefix_calls"] >= 2, step["variant"]
+        else:
+            assert step["shared_prefix_calls"] == 0, step["variant"]
+    # why: the baseline is the job before LoRA, which scored as TRL does
+    assert next(iter(bench.STEP_VARIANTS.values())).scoring == "trl"
 
     overhead = results["reward_overhead"]
     assert [(r["reward"], r["clusterer"]) for r in overhead] == [

@@ -18,7 +18,12 @@ from entropic import models, tracking
 from entropic.config import RunConfig
 from entropic.data import load_eval_questions
 from entropic.evaluate import HELD_OUT
-from entropic.prefix_scoring import common_prefix_length, real_columns, share_prompt_prefix
+from entropic.prefix_scoring import (
+    common_prefix_length,
+    real_columns,
+    share_prompt_prefix,
+    shared_prefix_calls,
+)
 from entropic.prompting import add_prompts
 from entropic.rewards import TRLReward, mark_labeled
 from entropic.semantic import build_clusterer
@@ -27,6 +32,7 @@ from entropic.training import (
     build_trainer,
     mlflow_names,
     score_completions_only_on_cpu,
+    trl_head_rule,
 )
 from tests.conftest import compose_config, sliding_window_model
 
@@ -168,8 +174,13 @@ def test_the_fused_head_on_a_cpu_scores_the_completion_alone_with_the_same_resul
     every = scores(model, input_ids, mask, completion)
     score_completions_only_on_cpu()
     compact = scores(model, input_ids, mask, completion)
+    # why: make bench times TRL's rule beside ours in one process; inside the block the head
+    # scores every position again, and ours is back after it
+    with trl_head_rule():
+        scores(model, input_ids, mask, completion)
+    scores(model, input_ids, mask, completion)
     # the shifted sequence's 19 positions of each row, then the 3 x 6 completion positions only
-    assert scored_rows == [3 * 19, 3 * completion]
+    assert scored_rows == [3 * 19, 3 * completion, 3 * 19, 3 * completion]
     assert_same_scores(compact, every)
 
 
@@ -197,10 +208,12 @@ def test_scoring_with_the_shared_prefix_computed_once_gives_the_same_results(tmp
         lambda module, args, out: positions_run.append(args[0].numel())
     )
     plain = scores(model, input_ids, mask, completion)
+    assert shared_prefix_calls(model) == 0
     share_prompt_prefix(model.model)
     shared = scores(model, input_ids, mask, completion)
     # 3 rows of 20 columns; then the 12 shared tokens once and 3 rows of the widest own part (8)
     assert positions_run == [3 * width, 12, 3 * 8]
+    assert shared_prefix_calls(model) == 1
     assert_same_scores(shared, plain)
     # generation's calls (a cache, use_cache=True) keep the model's own forward
     positions_run.clear()
