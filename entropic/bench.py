@@ -87,7 +87,11 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 class StepVariant(NamedTuple):
     """One GRPO step configuration of section 3: its dtype name, adapter and trainer fields, the
-    rollout backend, and the CPU scoring (`SCORING`)."""
+    rollout backend, and how a CPU step scores its completions: "trl" (TRL 1.16's own rules: the
+    output head over every position, each row's prompt in full), "completion head" (the head on
+    the completion's positions only, `training.score_completions_only_on_cpu`) or "ours" (that
+    and the prompt's shared prefix computed once, `entropic.prefix_scoring`: what every CPU run
+    does)."""
 
     dtype: str
     adapter: dict[str, Any]
@@ -96,11 +100,6 @@ class StepVariant(NamedTuple):
     scoring: str = "ours"
 
 
-# How a CPU step scores its completions: TRL 1.16's own rules (the output head over every
-# position, each row's prompt in full), the head on the completion's positions only
-# (`training.score_completions_only_on_cpu`), or that and the prompt's shared prefix computed once
-# (`entropic.prefix_scoring`): what every CPU run does. On a GPU the first two are TRL's own.
-SCORING = ("trl", "completion head", "ours")
 # GRPO step variants. The first is the baseline of the `vs_first` column: the job as it ran
 # before LoRA (full weights, KL beta 0.04 with its reference model, TRL's default gradient
 # checkpointing, TRL's scoring). Rows 2-5 then change one thing each (the KL pass and
