@@ -195,29 +195,36 @@ def _validated(confidences: ArrayLike, correct: ArrayLike) -> tuple[np.ndarray, 
     if ((confidences < 0) | (confidences > 1)).any():
         outside = confidences[(confidences < 0) | (confidences > 1)]
         raise ValueError(f"confidences must lie in [0, 1]; found {outside[:5].tolist()}")
-    return confidences, _validated_correct(correct)
+    _check_binary(correct)
+    return confidences, correct
 
 
 def _validated_correct(correct: ArrayLike) -> np.ndarray:
-    correct, _ = _validated_pair(correct, correct, "correct", "correct")
+    correct = _validated_array(correct, "correct")
+    _check_binary(correct)
+    return correct
+
+
+def _check_binary(correct: np.ndarray) -> None:
     if not np.isin(correct, (0, 1)).all():
         raise ValueError(f"correct must be 0/1 or bool; found {np.unique(correct)[:5].tolist()}")
-    return correct
+
+
+def _validated_array(values: ArrayLike, name: str) -> np.ndarray:
+    array = np.asarray(values, dtype=float)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {array.shape}")
+    if array.size == 0:
+        raise ValueError(f"{name} is empty; metrics need at least one prediction")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} contains NaN or infinity")
+    return array
 
 
 def _validated_pair(
     first: ArrayLike, second: ArrayLike, first_name: str, second_name: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    arrays = []
-    for name, values in ((first_name, first), (second_name, second)):
-        array = np.asarray(values, dtype=float)
-        if array.ndim != 1:
-            raise ValueError(f"{name} must be 1-D, got shape {array.shape}")
-        if array.size == 0:
-            raise ValueError(f"{name} is empty; metrics need at least one prediction")
-        if not np.isfinite(array).all():
-            raise ValueError(f"{name} contains NaN or infinity")
-        arrays.append(array)
+    arrays = [_validated_array(first, first_name), _validated_array(second, second_name)]
     if arrays[0].size != arrays[1].size:
         raise ValueError(
             f"{first_name} and {second_name} differ in length: {arrays[0].size} vs {arrays[1].size}"
