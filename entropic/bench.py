@@ -1,8 +1,9 @@
 """`make bench`: what a GRPO run of the embedded default costs on this machine, and where it goes.
 
-    python -m entropic.bench                                   # default sizes (~5-10 min, 2 cores)
-    python -m entropic.bench --steps 2 --uncertainty-questions 8   # quicker
-    python -m entropic.bench model=qwen3_4b_instruct           # trailing args: conf/ overrides
+    python -m entropic.bench                                  # default sizes (56 min, Zen 3)
+    python -m entropic.bench --steps 2 --uncertainty-questions 8  # quicker
+    python -m entropic.bench --variants 1-6                   # section 3: the fp32 rows only
+    python -m entropic.bench model=qwen3_4b_instruct          # trailing args: conf/ overrides
 
 A benchmark, not a test: it measures and writes `bench/results/bench-<time>.json` and `.md`
 (git-ignored), with the CPU model, core count, load average and library versions, since numbers on
@@ -30,7 +31,10 @@ a shared 2-core box move with whatever else runs. Five sections:
    logged to an MLflow run when `report_to` names mlflow): generation (`transformers.generate`),
    reward (`_calculate_rewards`), the rest of `_prepare_inputs` (tokenising, old/reference log-
    probabilities) and optimisation (the step minus `_prepare_inputs`: loss, backward, optimiser).
-   The first step is a warm-up and not averaged. The rollout=prefix_cache variants time
+   The first step is a warm-up and not averaged. `--variants` times a subset, by the rows'
+   numbers (1-based, as `STEP_VARIANTS` lists them; the first chosen is the `vs_first` baseline):
+   on a processor without bf16 instructions, where `dtype: auto` picks fp32 anyway, the three bf16
+   rows took 20 of the 56 minutes (a 2-core Zen 3 EPYC). The rollout=prefix_cache variants time
    generation with the `prefix_cache.generate` timer; the last one has adapters on the top 8
    layers only (`adapter.top_layers=8`: the backward pass stops at the lowest adapted layer).
    `shared_prefix_calls` counts the scoring forwards that computed the shared prefix once (0 for
@@ -137,6 +141,27 @@ REWARD_CASES = [
 ]
 
 
+def variant_numbers(text: str) -> list[str]:
+    """The `STEP_VARIANTS` names of "1,4" or "1-6" (1-based row numbers, in the table's order)."""
+    names = list(STEP_VARIANTS)
+    chosen: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        try:
+            numbers = range(int(first), int(last or first) + 1)
+        except ValueError:
+            numbers = range(0)
+        if not numbers or numbers[0] < 1 or numbers[-1] > len(names):
+            raise argparse.ArgumentTypeError(
+                f"{part.strip()!r} is not a row of 1-{len(names)}: give numbers or ranges such as "
+                f"1,4 or 1-6 (rows: "
+                + "; ".join(f"{i} {name}" for i, name in enumerate(names, 1))
+                + ")"
+            )
+        chosen.update(numbers)
+    return [names[i - 1] for i in sorted(chosen)]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -153,6 +178,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--eval-questions", type=int, default=200, help="held-out questions evaluated greedily"
     )
     parser.add_argument("--steps", type=int, default=3, help="GRPO steps per dtype (1st: warm-up)")
+    parser.add_argument(
+        "--variants",
+        type=variant_numbers,
+        default=None,
+        help=f"GRPO step rows to time, e.g. 1,4 or 1-6 (1-{len(STEP_VARIANTS)}; default: all)",
+    )
     parser.add_argument("--uncertainty-questions", type=int, default=24, help="held-out questions")
     parser.add_argument("--k", type=int, default=8, help="samples per question for entropy")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
@@ -446,7 +477,7 @@ def grpo_section(prepared: RunContext, checkpoint, tokenizer, args) -> list[dict
         mlflow.set_tracking_uri(f"sqlite:///{tmp}/profiling.db")
         try:
             experiment_id = mlflow.MlflowClient().create_experiment("bench")
-            for index, variant in enumerate(STEP_VARIANTS):
+            for index, variant in enumerate(args.variants or STEP_VARIANTS):
                 workdir = Path(tmp) / f"variant{index}"
                 timing = grpo_step(
                     prepared, checkpoint, tokenizer, variant, args.steps, workdir, experiment_id

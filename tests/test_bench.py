@@ -12,9 +12,16 @@ import pytest
 
 from entropic import bench
 
+# why: rows 1, 4 and 9 between them take every value of every StepVariant field (checked in the
+# test), so the default suite runs each code path of section 3 in a third of the time of all nine
+SOME_VARIANTS = "1,4,9"
 
+
+@pytest.mark.parametrize(
+    "variants", [SOME_VARIANTS, pytest.param(None, marks=pytest.mark.slow, id="all")]
+)
 def test_bench_measures_every_section_and_writes_json_and_markdown(
-    tmp_path, embedded_checkpoint, mlflow_uri
+    tmp_path, embedded_checkpoint, mlflow_uri, variants
 ):
     # the caller's own store, which the benchmark's throwaway profiling store must not replace
     mlflow.set_tracking_uri(mlflow_uri)
@@ -27,6 +34,7 @@ def test_bench_measures_every_section_and_writes_json_and_markdown(
             "--steps=2",
             "--uncertainty-questions=4",
             "--k=4",
+            *([f"--variants={variants}"] if variants else []),
             f"--out={tmp_path / 'results'}",
             "model=tiny_random",
             "compute=cpu",
@@ -74,10 +82,17 @@ def test_bench_measures_every_section_and_writes_json_and_markdown(
     assert evaluation[1]["same_answers"] == evaluation[1]["same_as_fp32"] == 1.0
 
     steps = results["grpo_step"]
-    assert [step["variant"] for step in steps] == list(bench.STEP_VARIANTS)
+    names = list(bench.STEP_VARIANTS)
+    chosen = [names[int(i) - 1] for i in variants.split(",")] if variants else names
+    assert [step["variant"] for step in steps] == chosen
     # why: the first variant is the baseline the others are compared with
     assert steps[0]["vs_first"] == 1.0
-    for step, variant in zip(steps, bench.STEP_VARIANTS.values(), strict=True):
+    # why: the subset must still reach every dtype, adapter, trainer setting, rollout and scoring
+    for field in bench.StepVariant._fields:
+        values = {repr(getattr(bench.STEP_VARIANTS[name], field)) for name in chosen}
+        every = {repr(getattr(v, field)) for v in bench.STEP_VARIANTS.values()}
+        assert values == every, field
+    for step, variant in zip(steps, (bench.STEP_VARIANTS[name] for name in chosen), strict=True):
         # why: the blocks were read back from TRL's profiling timers in MLflow, generation under
         # the timer of the variant's rollout backend
         timer = bench.GENERATION_TIMERS[variant.rollout]
@@ -152,3 +167,29 @@ def test_bench_measures_every_section_and_writes_json_and_markdown(
 def test_the_benchmark_names_the_processor_so_two_of_one_name_differ(tmp_path, cpuinfo, expected):
     (tmp_path / "cpuinfo").write_text(cpuinfo)
     assert bench.processor(str(tmp_path / "cpuinfo")) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "rows"),
+    [
+        # why: single rows and a range, in the table's order whatever order they are given in
+        ("4,1", [1, 4]),
+        ("1-3", [1, 2, 3]),
+        # why: overlaps are timed once
+        ("2-3,3", [2, 3]),
+        ("9", [9]),
+    ],
+)
+def test_variants_are_chosen_by_their_row_numbers(text, rows):
+    names = list(bench.STEP_VARIANTS)
+    assert bench.parse_args([f"--variants={text}"]).variants == [names[i - 1] for i in rows]
+
+
+@pytest.mark.parametrize("text", ["0", "10", "3-1", "two", "1,,2"])
+def test_a_variant_number_outside_the_table_is_refused_naming_the_rows(text, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.parse_args([f"--variants={text}"])
+    # why: argparse's usage error, before anything loads, listing the rows to choose from
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "is not a row of 1-9" in err and "1 full fp32, beta 0.04" in err
