@@ -452,7 +452,9 @@ class TrainerConfig:
             f"{self.grpo!r} is not a mapping",
             "trainer.grpo.<field>=<value>, e.g. +trainer.grpo.max_grad_norm=0.5",
         )
-        check_with_trl(self)
+        check_pass_through_owners(self)
+        # TRL's own judgement (check_with_trl) imports torch, so RunConfig runs it after every
+        # other check
 
     def grpo_arguments(self) -> dict[str, Any]:
         """The trl.GRPOConfig arguments of this section: our keys under TRL's names, then the
@@ -520,14 +522,9 @@ def _type_matches(value: Any, annotation: Any) -> bool:
     return True
 
 
-def check_with_trl(trainer: TrainerConfig) -> None:
-    """Check the pass-through fields by name and type, then build a trl.GRPOConfig from the whole
-    section so that TRL's own `__post_init__` judges the values, all before any model loads.
-
-    Nothing about the device is decided here (use_cpu, no bf16; the rollout group's vLLM fields
-    are checked by entropic.rollout), so the same config validates on a laptop and a cluster.
-    """
-    fields = trl_field_types()
+def check_pass_through_owners(trainer: TrainerConfig) -> None:
+    """Refuse a pass-through (trainer.grpo.<field>) of a field entropic sets from another key,
+    naming that key; needs no TRL, so it runs with the section's own checks."""
     ours = {f.name for f in dataclasses.fields(trainer)} - {"grpo"}
     prefix, prefix_owner = TRL_PREFIX_SET_ELSEWHERE
     for name, value in trainer.grpo.items():
@@ -545,6 +542,21 @@ def check_with_trl(trainer: TrainerConfig) -> None:
             f"drop {key}"
             + (f" and set {owner}={value}" if owner and owner.startswith("trainer.") else ""),
         )
+
+
+def check_with_trl(trainer: TrainerConfig) -> None:
+    """Check the pass-through fields by name and type, then build a trl.GRPOConfig from the whole
+    section so that TRL's own `__post_init__` judges the values, all before any model loads.
+    Imports trl (and with it torch, transformers and accelerate: ~15 s on a 2-core machine), so
+    RunConfig runs it after every cheap check.
+
+    Nothing about the device is decided here (use_cpu, no bf16; the rollout group's vLLM fields
+    are checked by entropic.rollout), so the same config validates on a laptop and a cluster.
+    """
+    fields = trl_field_types()
+    ours = {f.name for f in dataclasses.fields(trainer)} - {"grpo"}
+    for name, value in trainer.grpo.items():
+        key = f"trainer.grpo.{name}"
         close = difflib.get_close_matches(str(name), list(fields), n=3)
         _require(
             name in fields,
@@ -972,6 +984,11 @@ class RunConfig:
     tags: dict[str, str] = field(default_factory=dict)
     # where Hydra put this job's outputs
     output_dir: str = "outputs"
+
+    def __post_init__(self) -> None:
+        # Every section's own checks are cheap; TRL's comes last because it imports torch (~15 s
+        # on a 2-core machine), so a value any other check refuses exits in about two seconds.
+        check_with_trl(self.trainer)
 
     @classmethod
     def from_hydra(cls, cfg: DictConfig) -> RunConfig:
