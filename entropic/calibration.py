@@ -76,7 +76,7 @@ CACHE_VERSION = 1
 
 def check_pipeline(config: RunConfig) -> None:
     """The keys the entropy -> Platt targets depend on, checked before anything loads (the caller
-    knows the reward needs the targets: `entropic.rewards.RewardRule.needs_target`)."""
+    knows the reward needs the targets: `entropic.config.RewardConfig.needs_target`)."""
     _require(
         config.calibration is not None,
         "calibration",

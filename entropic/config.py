@@ -214,9 +214,15 @@ def _require_finite(value: Any, key: str) -> None:
     )
 
 
+# The question sources (data.name, eval.sets.<set>.source): the names of entropic.data.DATASETS,
+# kept here so that a typo is refused before torch loads (tests/test_data.py holds the two to the
+# same names; the loaders and their option checks stay in entropic.data)
+DATA_SOURCES = ("geo", "triviaqa", "jsonl", "elements", "arithmetic")
+
+
 @dataclass
 class DataConfig:
-    # dataset registry name: geo | triviaqa | jsonl
+    # question source (entropic.data.DATASETS): geo | triviaqa | jsonl | elements | arithmetic
     name: str
     # training pool size (questions)
     train_size: int
@@ -226,6 +232,7 @@ class DataConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        _one_of(self.name, DATA_SOURCES, "data.name")
         _require(self.train_size > 0, "data.train_size", "must be > 0", "e.g. data.train_size=1600")
         _require(self.eval_size > 0, "data.eval_size", "must be > 0", "e.g. data.eval_size=500")
 
@@ -269,6 +276,46 @@ class PromptConfig:
         )
 
 
+@dataclass(frozen=True)
+class RewardParameters:
+    """What the config needs to know of one reward rule: the reward.* keys it reads and whether it
+    needs calibrated targets. The rule's scoring function is entropic.rewards.REWARDS[<name>];
+    both registries are keyed by the same names (tests/test_rewards.py), and this one is torch-free
+    so that a bad reward setting is refused in seconds."""
+
+    # the reward.* parameters the score reads besides COMMON_REWARD_PARAMETERS; any other keeps
+    # the value that means "unused" (`unused_value`), or the run is refused
+    reads: tuple[str, ...] = ()
+    # the labeled share the rule is defined for when it does not read labeled_fraction (brier
+    # needs every label, stability none); None for a rule that reads the mix
+    labeled_fraction: float | None = None
+    # the dataset must carry a `calibrated_target` column (the entropy -> Platt pipeline, which
+    # needs the calibration section)
+    needs_target: bool = False
+
+    def unused_value(self, parameter: str) -> Any:
+        """The value a parameter the rule does not read must keep: the labeled share the rule
+        is defined for, or RewardConfig's default."""
+        if parameter == "labeled_fraction":
+            return self.labeled_fraction
+        return next(f.default for f in dataclasses.fields(RewardConfig) if f.name == parameter)
+
+
+# reward.* keys every rule reads (TRLReward pays format_penalty for an unparseable completion)
+COMMON_REWARD_PARAMETERS = ("name", "format_penalty")
+# Every reward rule by name (reward.name), in entropic.rewards.REWARDS's order
+REWARD_PARAMETERS: dict[str, RewardParameters] = {
+    "brier": RewardParameters(labeled_fraction=1.0),
+    "stability": RewardParameters(labeled_fraction=0.0),
+    # Brier on that share of the questions, stability on the rest
+    "mixed": RewardParameters(reads=("labeled_fraction",)),
+    "rlcr": RewardParameters(labeled_fraction=1.0),
+    "log_score": RewardParameters(reads=("log_score_floor",), labeled_fraction=1.0),
+    # the Platt scaling is fitted on the labeled share
+    "calibrated": RewardParameters(reads=("labeled_fraction",), needs_target=True),
+}
+
+
 @dataclass
 class RewardConfig:
     # reward registry name: brier | stability | mixed | rlcr | log_score | calibrated
@@ -281,6 +328,7 @@ class RewardConfig:
     log_score_floor: float = 0.01
 
     def __post_init__(self) -> None:
+        _one_of(self.name, tuple(REWARD_PARAMETERS), "reward.name")
         _require(
             0.0 <= self.labeled_fraction <= 1.0 and not math.isnan(self.labeled_fraction),
             "reward.labeled_fraction",
@@ -294,6 +342,37 @@ class RewardConfig:
             "e.g. reward.log_score_floor=0.01",
         )
 
+    @property
+    def needs_target(self) -> bool:
+        """The rule pays toward calibrated targets, which the calibration section makes."""
+        return REWARD_PARAMETERS[self.name].needs_target
+
+
+def check_reward_parameters(reward: RewardConfig) -> None:
+    """A reward parameter the chosen rule does not read is an error, not a silent run without it
+    (reward=brier reward.labeled_fraction=0.5 would run as pure Brier). Checked for a whole run
+    (RunConfig), not in RewardConfig itself: a RewardConfig built in code to score a batch (the
+    bench, the reward tests) may leave the mix at any value, since the batch carries its labels."""
+    rule = REWARD_PARAMETERS[reward.name]
+    for parameter in (f.name for f in dataclasses.fields(RewardConfig)):
+        if parameter in COMMON_REWARD_PARAMETERS or parameter in rule.reads:
+            continue
+        unused, value = rule.unused_value(parameter), getattr(reward, parameter)
+        if value == unused:
+            continue
+        readers = [name for name, other in REWARD_PARAMETERS.items() if parameter in other.reads]
+        raise ConfigError(
+            f"reward.{parameter}: reward={reward.name} does not read it and runs as if it were "
+            f"{unused}, not {value}. Fix: reward={readers[0]} reward.{parameter}={value} (the "
+            f"rules that read it: {', '.join(readers)}), or drop the override (a rule chosen "
+            f"as a group, reward={reward.name}, brings its own values)"
+        )
+
+
+# semantic.method: the names of entropic.semantic.CLUSTERERS (tests/test_semantic.py holds the two
+# to the same names); a clusterer's options are checked where it is built
+SEMANTIC_METHODS = ("exact", "embedding", "nli")
+
 
 @dataclass
 class SemanticConfig:
@@ -301,6 +380,9 @@ class SemanticConfig:
     method: str = "exact"
     # further options passed to entropic.semantic.build_clusterer (threshold, model, strict)
     options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _one_of(self.method, SEMANTIC_METHODS, "semantic.method")
 
 
 LOSS_TOKENS = ("all", "confidence", "first_digit")
@@ -611,11 +693,33 @@ def check_with_trl(trainer: TrainerConfig) -> None:
 
 # A set's name becomes a metric prefix (eval/<set>/accuracy) and an artifact folder.
 SET_NAME = re.compile(r"[a-z][a-z0-9_]*")
+# Names no set can take: the held-out split's own and the behaviour table's (entropic.evaluate's
+# HELD_OUT and BEHAVIOUR) and the held-out split's metrics (its SUMMARY_NAMES), which eval/<set>
+# would shadow. tests/test_evaluate.py holds this to those names; it lives here, torch-free, so
+# that such a set is refused in seconds.
+RESERVED_SET_NAMES = (
+    "held_out",
+    "behaviour",
+    "accuracy",
+    "confidence",
+    "calibration_gap",
+    "ece",
+    "brier",
+    "auroc",
+    "format_rate",
+    "brier_constant",
+    "brier_skill",
+    "confidence_correct",
+    "confidence_wrong",
+    "distinct_confidences",
+    "abstain_share",
+    "alternatives_share",
+)
 
 
 @dataclass
 class EvalSetConfig:
-    # question source (entropic.data.DATASETS): elements, arithmetic, geo, jsonl, triviaqa
+    # question source (DATA_SOURCES): elements, arithmetic, geo, jsonl, triviaqa
     source: str
     # questions evaluated (the eval draw of the source, by its split_seed)
     size: int
@@ -665,9 +769,17 @@ def eval_sets(raw: Any) -> dict[str, EvalSetConfig]:
             "a set's name is a metric prefix: lower-case letters, digits and _, first a letter",
             "rename the set, e.g. eval.sets.my_questions",
         )
+        _require(
+            name not in RESERVED_SET_NAMES,
+            key,
+            f"{name!r} names the held-out split, the behaviour table or one of the held-out "
+            f"split's metrics (eval/{name})",
+            "give the set another name",
+        )
         _require(isinstance(values, dict), key, f"{values!r} is not a mapping", example)
         for required in ("source", "size"):
             _require(required in values, f"{key}.{required}", "is required", example)
+        _one_of(values["source"], DATA_SOURCES, f"{key}.source")
         size = values["size"]
         _require(
             isinstance(size, int) and not isinstance(size, bool) and size > 0,
@@ -953,6 +1065,11 @@ class StudyConfig:
         _require(0 < self.ci_level < 1, "study.ci_level", "must be in (0, 1)", "e.g. 0.95")
 
 
+# The jobs (job: <name>): the names of entropic.jobs.JOBS (tests/test_configs.py holds the two to
+# the same names), kept here so that a typo is refused before torch loads
+JOB_NAMES = ("train", "stability_study")
+
+
 @dataclass
 class RunConfig:
     model: ModelConfig
@@ -986,8 +1103,11 @@ class RunConfig:
     output_dir: str = "outputs"
 
     def __post_init__(self) -> None:
-        # Every section's own checks are cheap; TRL's comes last because it imports torch (~15 s
-        # on a 2-core machine), so a value any other check refuses exits in about two seconds.
+        # The checks across sections, each section's own having run. Every one is cheap; TRL's
+        # comes last because it imports torch (~15 s on a 2-core machine), so a value any other
+        # check refuses exits in about two seconds.
+        _one_of(self.job, JOB_NAMES, "job")
+        check_reward_parameters(self.reward)
         check_with_trl(self.trainer)
 
     @classmethod
