@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 
@@ -897,6 +898,31 @@ class ComputeConfig:
         _require(self.vllm_gpus >= 0, "compute.vllm_gpus", "must be >= 0", "e.g. 1")
 
 
+# where a relative compute.accelerate_config is found: the repository root
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def accelerate_config_path(compute: ComputeConfig) -> Path:
+    path = Path(compute.accelerate_config)
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+def zero_stage(compute: ComputeConfig) -> int:
+    """The DeepSpeed ZeRO stage of the profile's accelerate config (0: no DeepSpeed). Read here,
+    torch-free, because the read-out's check needs it (entropic.launch launches with it)."""
+    if compute.accelerate_config is None:
+        return 0
+    path = accelerate_config_path(compute)
+    _require(
+        path.is_file(),
+        "compute.accelerate_config",
+        f"{path} does not exist",
+        "point it at an accelerate config, e.g. conf/accelerate/multi_gpu.yaml",
+    )
+    settings = yaml.safe_load(path.read_text())
+    return int((settings.get("deepspeed_config") or {}).get("zero_stage", 0))
+
+
 # engines of evaluation answers and sampled answers (entropic.generation.ENGINES)
 GENERATION_ENGINES = ("hf", "prefix_cache")
 
@@ -1107,7 +1133,16 @@ class RunConfig:
         # comes last because it imports torch (~15 s on a 2-core machine), so a value any other
         # check refuses exits in about two seconds.
         _one_of(self.job, JOB_NAMES, "job")
+        _require(
+            self.job != "stability_study" or self.study is not None,
+            "study",
+            "no study is configured",
+            "run +experiment=stability_study (or add study=stability)",
+        )
         check_reward_parameters(self.reward)
+        if self.reward.needs_target:
+            check_calibration_pipeline(self)
+        check_readout(self)
         check_with_trl(self.trainer)
 
     @classmethod
@@ -1130,6 +1165,51 @@ class RunConfig:
                 _build(section_type, raw[f.name], f.name) if section_type else raw[f.name]
             )
         return cls(**sections)
+
+
+def check_calibration_pipeline(config: RunConfig) -> None:
+    """The keys the entropy -> Platt targets (entropic.calibration) depend on, for a reward that
+    needs them (RewardConfig.needs_target)."""
+    _require(
+        config.calibration is not None,
+        "calibration",
+        f"reward.name={config.reward.name} needs calibrated targets, and no calibration "
+        "method is configured",
+        "run +experiment=entropy_platt (or add calibration=platt)",
+    )
+    _require(
+        config.reward.labeled_fraction > 0,
+        "reward.labeled_fraction",
+        "0 leaves no labeled question to fit Platt scaling on",
+        "e.g. reward.labeled_fraction=0.5",
+    )
+    # a rank that accelerate launched counts too (WORLD_SIZE), whatever compute.num_processes says
+    processes = max(config.compute.num_processes, int(os.environ.get("WORLD_SIZE", "1")))
+    _require(
+        processes == 1,
+        "compute.num_processes",
+        f"the entropy -> Platt targets are computed in one process, not {processes}",
+        "launch without accelerate/torchrun, with compute=single_gpu or compute=cpu",
+    )
+
+
+def check_readout(config: RunConfig) -> None:
+    """Refuse what cannot carry the read-out's gate (adapter.centre, entropic.readout)."""
+    if config.adapter.centre is None or not config.train:
+        return
+    _require(
+        not config.rollout.name.startswith("vllm"),
+        "adapter.centre",
+        f"rollout={config.rollout.name} generates from the adapter merged into the base weights, "
+        "and a merge cannot hold the read-out's gate",
+        "rollout=hf (or prefix_cache) with adapter=readout",
+    )
+    _require(
+        zero_stage(config.compute) != 3,
+        "adapter.centre",
+        "ZeRO-3 shards the read-out's layer across ranks",
+        "compute=multi_gpu (or zero2) with adapter=readout",
+    )
 
 
 def _build(section_type: type, values: dict[str, Any], key: str) -> Any:

@@ -30,7 +30,7 @@ from hydra.types import RunMode
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from entropic import calibration, models, readout, rollout, tracking
+from entropic import models, rollout, tracking
 from entropic.compute import (
     Changed,
     apply_cpu_scale,
@@ -195,16 +195,13 @@ def multirun_launcher() -> str | None:
 
 
 def checked_config(cfg: DictConfig) -> RunConfig:
-    """The typed config (its names checked torch-free, entropic.config), with the checks that
-    need more than one section or a source's loader."""
+    """The typed config (its names and values checked torch-free, entropic.config), with the
+    checks that need a source's loader or a file: the model's package or directory, the data
+    source's options, the evaluation sets' options."""
     config = RunConfig.from_hydra(cfg)
     models.check_source(config.model)
     check_source(config.data.name, **config.data.options)
     check_sets(config.eval)
-    readout.check(config)
-    if config.reward.needs_target:
-        # the entropy -> Platt targets are made in the train job; their keys are checked now
-        calibration.check_pipeline(config)
     return config
 
 
