@@ -4,9 +4,10 @@
     python -m entropic.run +experiment=entropy_platt
     python -m entropic.run -m +experiment=entropy_platt trainer.learning_rate=3e-6,1e-5
 
-This module is the method: the score cache and Platt scaling, and the checks of the keys they
-depend on. The train job runs it as one stage, `entropic.jobs.calibrated_target`, after the base
-model's greedy evaluation and before GRPO. The three stages:
+This module is the method: the score cache and Platt scaling. The keys they depend on are checked
+with the config, before torch loads (`entropic.config.check_calibration_pipeline`). The train job
+runs it as one stage, `entropic.jobs.calibrated_target`, after the base model's greedy evaluation
+and before GRPO. The three stages:
 
 1. **Score.** K answers per training question are sampled from the base model
    (`entropic.sampling`), and the question's score is the embedding entropy of its answers: the
@@ -63,7 +64,7 @@ import pandas as pd
 from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 
-from entropic.config import CalibrationConfig, RunConfig, _require, cache_dir
+from entropic.config import CalibrationConfig, RunConfig, cache_dir
 from entropic.metrics import auroc, brier_score, expected_calibration_error
 from entropic.sampling import sample_answers, score_questions
 from entropic.semantic import build_clusterer
@@ -72,31 +73,6 @@ log = logging.getLogger(__name__)
 
 # Bump when the cached table's columns or their meaning change, so old files are not reused.
 CACHE_VERSION = 1
-
-
-def check_pipeline(config: RunConfig) -> None:
-    """The keys the entropy -> Platt targets depend on, checked before anything loads (the caller
-    knows the reward needs the targets: `entropic.rewards.RewardRule.needs_target`)."""
-    _require(
-        config.calibration is not None,
-        "calibration",
-        f"reward.name={config.reward.name} needs calibrated targets, and no calibration "
-        "method is configured",
-        "run +experiment=entropy_platt (or add calibration=platt)",
-    )
-    _require(
-        config.reward.labeled_fraction > 0,
-        "reward.labeled_fraction",
-        "0 leaves no labeled question to fit Platt scaling on",
-        "e.g. reward.labeled_fraction=0.5",
-    )
-    processes = max(config.compute.num_processes, int(os.environ.get("WORLD_SIZE", "1")))
-    _require(
-        processes == 1,
-        "compute.num_processes",
-        f"the entropy -> Platt targets are computed in one process, not {processes}",
-        "launch without accelerate/torchrun, with compute=single_gpu or compute=cpu",
-    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 
@@ -214,9 +215,15 @@ def _require_finite(value: Any, key: str) -> None:
     )
 
 
+# The question sources (data.name, eval.sets.<set>.source): the names of entropic.data.DATASETS,
+# kept here so that a typo is refused before torch loads (tests/test_data.py holds the two to the
+# same names; the loaders and their option checks stay in entropic.data)
+DATA_SOURCES = ("geo", "triviaqa", "jsonl", "elements", "arithmetic")
+
+
 @dataclass
 class DataConfig:
-    # dataset registry name: geo | triviaqa | jsonl
+    # question source (entropic.data.DATASETS): geo | triviaqa | jsonl | elements | arithmetic
     name: str
     # training pool size (questions)
     train_size: int
@@ -226,6 +233,7 @@ class DataConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        _one_of(self.name, DATA_SOURCES, "data.name")
         _require(self.train_size > 0, "data.train_size", "must be > 0", "e.g. data.train_size=1600")
         _require(self.eval_size > 0, "data.eval_size", "must be > 0", "e.g. data.eval_size=500")
 
@@ -269,6 +277,46 @@ class PromptConfig:
         )
 
 
+@dataclass(frozen=True)
+class RewardParameters:
+    """What the config needs to know of one reward rule: the reward.* keys it reads and whether it
+    needs calibrated targets. The rule's scoring function is entropic.rewards.REWARDS[<name>];
+    both registries are keyed by the same names (tests/test_rewards.py), and this one is torch-free
+    so that a bad reward setting is refused in seconds."""
+
+    # the reward.* parameters the score reads besides COMMON_REWARD_PARAMETERS; any other keeps
+    # the value that means "unused" (`unused_value`), or the run is refused
+    reads: tuple[str, ...] = ()
+    # the labeled share the rule is defined for when it does not read labeled_fraction (brier
+    # needs every label, stability none); None for a rule that reads the mix
+    labeled_fraction: float | None = None
+    # the dataset must carry a `calibrated_target` column (the entropy -> Platt pipeline, which
+    # needs the calibration section)
+    needs_target: bool = False
+
+    def unused_value(self, parameter: str) -> Any:
+        """The value a parameter the rule does not read must keep: the labeled share the rule
+        is defined for, or RewardConfig's default."""
+        if parameter == "labeled_fraction":
+            return self.labeled_fraction
+        return next(f.default for f in dataclasses.fields(RewardConfig) if f.name == parameter)
+
+
+# reward.* keys every rule reads (TRLReward pays format_penalty for an unparseable completion)
+COMMON_REWARD_PARAMETERS = ("name", "format_penalty")
+# Every reward rule by name (reward.name), in entropic.rewards.REWARDS's order
+REWARD_PARAMETERS: dict[str, RewardParameters] = {
+    "brier": RewardParameters(labeled_fraction=1.0),
+    "stability": RewardParameters(labeled_fraction=0.0),
+    # Brier on that share of the questions, stability on the rest
+    "mixed": RewardParameters(reads=("labeled_fraction",)),
+    "rlcr": RewardParameters(labeled_fraction=1.0),
+    "log_score": RewardParameters(reads=("log_score_floor",), labeled_fraction=1.0),
+    # the Platt scaling is fitted on the labeled share
+    "calibrated": RewardParameters(reads=("labeled_fraction",), needs_target=True),
+}
+
+
 @dataclass
 class RewardConfig:
     # reward registry name: brier | stability | mixed | rlcr | log_score | calibrated
@@ -281,6 +329,7 @@ class RewardConfig:
     log_score_floor: float = 0.01
 
     def __post_init__(self) -> None:
+        _one_of(self.name, tuple(REWARD_PARAMETERS), "reward.name")
         _require(
             0.0 <= self.labeled_fraction <= 1.0 and not math.isnan(self.labeled_fraction),
             "reward.labeled_fraction",
@@ -294,6 +343,37 @@ class RewardConfig:
             "e.g. reward.log_score_floor=0.01",
         )
 
+    @property
+    def needs_target(self) -> bool:
+        """The rule pays toward calibrated targets, which the calibration section makes."""
+        return REWARD_PARAMETERS[self.name].needs_target
+
+
+def check_reward_parameters(reward: RewardConfig) -> None:
+    """A reward parameter the chosen rule does not read is an error, not a silent run without it
+    (reward=brier reward.labeled_fraction=0.5 would run as pure Brier). Checked for a whole run
+    (RunConfig), not in RewardConfig itself: a RewardConfig built in code to score a batch (the
+    bench, the reward tests) may leave the mix at any value, since the batch carries its labels."""
+    rule = REWARD_PARAMETERS[reward.name]
+    for parameter in (f.name for f in dataclasses.fields(RewardConfig)):
+        if parameter in COMMON_REWARD_PARAMETERS or parameter in rule.reads:
+            continue
+        unused, value = rule.unused_value(parameter), getattr(reward, parameter)
+        if value == unused:
+            continue
+        readers = [name for name, other in REWARD_PARAMETERS.items() if parameter in other.reads]
+        raise ConfigError(
+            f"reward.{parameter}: reward={reward.name} does not read it and runs as if it were "
+            f"{unused}, not {value}. Fix: reward={readers[0]} reward.{parameter}={value} (the "
+            f"rules that read it: {', '.join(readers)}), or drop the override (a rule chosen "
+            f"as a group, reward={reward.name}, brings its own values)"
+        )
+
+
+# semantic.method: the names of entropic.semantic.CLUSTERERS (tests/test_semantic.py holds the two
+# to the same names); a clusterer's options are checked where it is built
+SEMANTIC_METHODS = ("exact", "embedding", "nli")
+
 
 @dataclass
 class SemanticConfig:
@@ -301,6 +381,9 @@ class SemanticConfig:
     method: str = "exact"
     # further options passed to entropic.semantic.build_clusterer (threshold, model, strict)
     options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _one_of(self.method, SEMANTIC_METHODS, "semantic.method")
 
 
 LOSS_TOKENS = ("all", "confidence", "first_digit")
@@ -452,7 +535,9 @@ class TrainerConfig:
             f"{self.grpo!r} is not a mapping",
             "trainer.grpo.<field>=<value>, e.g. +trainer.grpo.max_grad_norm=0.5",
         )
-        check_with_trl(self)
+        check_pass_through_owners(self)
+        # TRL's own judgement (check_with_trl) imports torch, so RunConfig runs it after every
+        # other check
 
     def grpo_arguments(self) -> dict[str, Any]:
         """The trl.GRPOConfig arguments of this section: our keys under TRL's names, then the
@@ -520,14 +605,9 @@ def _type_matches(value: Any, annotation: Any) -> bool:
     return True
 
 
-def check_with_trl(trainer: TrainerConfig) -> None:
-    """Check the pass-through fields by name and type, then build a trl.GRPOConfig from the whole
-    section so that TRL's own `__post_init__` judges the values, all before any model loads.
-
-    Nothing about the device is decided here (use_cpu, no bf16; the rollout group's vLLM fields
-    are checked by entropic.rollout), so the same config validates on a laptop and a cluster.
-    """
-    fields = trl_field_types()
+def check_pass_through_owners(trainer: TrainerConfig) -> None:
+    """Refuse a pass-through (trainer.grpo.<field>) of a field entropic sets from another key,
+    naming that key; needs no TRL, so it runs with the section's own checks."""
     ours = {f.name for f in dataclasses.fields(trainer)} - {"grpo"}
     prefix, prefix_owner = TRL_PREFIX_SET_ELSEWHERE
     for name, value in trainer.grpo.items():
@@ -545,6 +625,21 @@ def check_with_trl(trainer: TrainerConfig) -> None:
             f"drop {key}"
             + (f" and set {owner}={value}" if owner and owner.startswith("trainer.") else ""),
         )
+
+
+def check_with_trl(trainer: TrainerConfig) -> None:
+    """Check the pass-through fields by name and type, then build a trl.GRPOConfig from the whole
+    section so that TRL's own `__post_init__` judges the values, all before any model loads.
+    Imports trl (and with it torch, transformers and accelerate: ~15 s on a 2-core machine), so
+    RunConfig runs it after every cheap check.
+
+    Nothing about the device is decided here (use_cpu, no bf16; the rollout group's vLLM fields
+    are checked by entropic.rollout), so the same config validates on a laptop and a cluster.
+    """
+    fields = trl_field_types()
+    ours = {f.name for f in dataclasses.fields(trainer)} - {"grpo"}
+    for name, value in trainer.grpo.items():
+        key = f"trainer.grpo.{name}"
         close = difflib.get_close_matches(str(name), list(fields), n=3)
         _require(
             name in fields,
@@ -599,11 +694,33 @@ def check_with_trl(trainer: TrainerConfig) -> None:
 
 # A set's name becomes a metric prefix (eval/<set>/accuracy) and an artifact folder.
 SET_NAME = re.compile(r"[a-z][a-z0-9_]*")
+# Names no set can take: the held-out split's own and the behaviour table's (entropic.evaluate's
+# HELD_OUT and BEHAVIOUR) and the held-out split's metrics (its SUMMARY_NAMES), which eval/<set>
+# would shadow. tests/test_evaluate.py holds this to those names; it lives here, torch-free, so
+# that such a set is refused in seconds.
+RESERVED_SET_NAMES = (
+    "held_out",
+    "behaviour",
+    "accuracy",
+    "confidence",
+    "calibration_gap",
+    "ece",
+    "brier",
+    "auroc",
+    "format_rate",
+    "brier_constant",
+    "brier_skill",
+    "confidence_correct",
+    "confidence_wrong",
+    "distinct_confidences",
+    "abstain_share",
+    "alternatives_share",
+)
 
 
 @dataclass
 class EvalSetConfig:
-    # question source (entropic.data.DATASETS): elements, arithmetic, geo, jsonl, triviaqa
+    # question source (DATA_SOURCES): elements, arithmetic, geo, jsonl, triviaqa
     source: str
     # questions evaluated (the eval draw of the source, by its split_seed)
     size: int
@@ -653,9 +770,17 @@ def eval_sets(raw: Any) -> dict[str, EvalSetConfig]:
             "a set's name is a metric prefix: lower-case letters, digits and _, first a letter",
             "rename the set, e.g. eval.sets.my_questions",
         )
+        _require(
+            name not in RESERVED_SET_NAMES,
+            key,
+            f"{name!r} names the held-out split, the behaviour table or one of the held-out "
+            f"split's metrics (eval/{name})",
+            "give the set another name",
+        )
         _require(isinstance(values, dict), key, f"{values!r} is not a mapping", example)
         for required in ("source", "size"):
             _require(required in values, f"{key}.{required}", "is required", example)
+        _one_of(values["source"], DATA_SOURCES, f"{key}.source")
         size = values["size"]
         _require(
             isinstance(size, int) and not isinstance(size, bool) and size > 0,
@@ -771,6 +896,31 @@ class ComputeConfig:
             "a process count, or 0 for every GPU left after compute.vllm_gpus",
         )
         _require(self.vllm_gpus >= 0, "compute.vllm_gpus", "must be >= 0", "e.g. 1")
+
+
+# where a relative compute.accelerate_config is found: the repository root
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def accelerate_config_path(compute: ComputeConfig) -> Path:
+    path = Path(compute.accelerate_config)
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+def zero_stage(compute: ComputeConfig) -> int:
+    """The DeepSpeed ZeRO stage of the profile's accelerate config (0: no DeepSpeed). Read here,
+    torch-free, because the read-out's check needs it (entropic.launch launches with it)."""
+    if compute.accelerate_config is None:
+        return 0
+    path = accelerate_config_path(compute)
+    _require(
+        path.is_file(),
+        "compute.accelerate_config",
+        f"{path} does not exist",
+        "point it at an accelerate config, e.g. conf/accelerate/multi_gpu.yaml",
+    )
+    settings = yaml.safe_load(path.read_text())
+    return int((settings.get("deepspeed_config") or {}).get("zero_stage", 0))
 
 
 # engines of evaluation answers and sampled answers (entropic.generation.ENGINES)
@@ -941,6 +1091,11 @@ class StudyConfig:
         _require(0 < self.ci_level < 1, "study.ci_level", "must be in (0, 1)", "e.g. 0.95")
 
 
+# The jobs (job: <name>): the names of entropic.jobs.JOBS (tests/test_configs.py holds the two to
+# the same names), kept here so that a typo is refused before torch loads
+JOB_NAMES = ("train", "stability_study")
+
+
 @dataclass
 class RunConfig:
     model: ModelConfig
@@ -973,6 +1128,23 @@ class RunConfig:
     # where Hydra put this job's outputs
     output_dir: str = "outputs"
 
+    def __post_init__(self) -> None:
+        # The checks across sections, each section's own having run. Every one is cheap; TRL's
+        # comes last because it imports torch (~15 s on a 2-core machine), so a value any other
+        # check refuses exits in about two seconds.
+        _one_of(self.job, JOB_NAMES, "job")
+        _require(
+            self.job != "stability_study" or self.study is not None,
+            "study",
+            "no study is configured",
+            "run +experiment=stability_study (or add study=stability)",
+        )
+        check_reward_parameters(self.reward)
+        if self.reward.needs_target:
+            check_calibration_pipeline(self)
+        check_readout(self)
+        check_with_trl(self.trainer)
+
     @classmethod
     def from_hydra(cls, cfg: DictConfig) -> RunConfig:
         """Validate a composed config; raises ConfigError on the first bad key."""
@@ -993,6 +1165,51 @@ class RunConfig:
                 _build(section_type, raw[f.name], f.name) if section_type else raw[f.name]
             )
         return cls(**sections)
+
+
+def check_calibration_pipeline(config: RunConfig) -> None:
+    """The keys the entropy -> Platt targets (entropic.calibration) depend on, for a reward that
+    needs them (RewardConfig.needs_target)."""
+    _require(
+        config.calibration is not None,
+        "calibration",
+        f"reward.name={config.reward.name} needs calibrated targets, and no calibration "
+        "method is configured",
+        "run +experiment=entropy_platt (or add calibration=platt)",
+    )
+    _require(
+        config.reward.labeled_fraction > 0,
+        "reward.labeled_fraction",
+        "0 leaves no labeled question to fit Platt scaling on",
+        "e.g. reward.labeled_fraction=0.5",
+    )
+    # a rank that accelerate launched counts too (WORLD_SIZE), whatever compute.num_processes says
+    processes = max(config.compute.num_processes, int(os.environ.get("WORLD_SIZE", "1")))
+    _require(
+        processes == 1,
+        "compute.num_processes",
+        f"the entropy -> Platt targets are computed in one process, not {processes}",
+        "launch without accelerate/torchrun, with compute=single_gpu or compute=cpu",
+    )
+
+
+def check_readout(config: RunConfig) -> None:
+    """Refuse what cannot carry the read-out's gate (adapter.centre, entropic.readout)."""
+    if config.adapter.centre is None or not config.train:
+        return
+    _require(
+        not config.rollout.name.startswith("vllm"),
+        "adapter.centre",
+        f"rollout={config.rollout.name} generates from the adapter merged into the base weights, "
+        "and a merge cannot hold the read-out's gate",
+        "rollout=hf (or prefix_cache) with adapter=readout",
+    )
+    _require(
+        zero_stage(config.compute) != 3,
+        "adapter.centre",
+        "ZeRO-3 shards the read-out's layer across ranks",
+        "compute=multi_gpu (or zero2) with adapter=readout",
+    )
 
 
 def _build(section_type: type, values: dict[str, Any], key: str) -> Any:

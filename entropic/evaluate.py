@@ -227,17 +227,12 @@ def set_key(name: str) -> str:
 
 
 def check_sets(cfg: EvalConfig) -> None:
-    """Cheap checks of every `eval.sets` entry, before any model loads: its name is not one of
-    the held-out split's metrics, its source exists and takes its options (a jsonl file is read
-    whole, as `data=jsonl` is). Raises ValueError naming the set's key."""
+    """The checks of every `eval.sets` entry that need its source's loader, before any model
+    loads: the source takes its options (a jsonl file is read whole, as `data=jsonl` is). Raises
+    ValueError naming the set's key. Its name and its source's name were checked with the config
+    (entropic.config.eval_sets, RESERVED_SET_NAMES)."""
     for name, entry in cfg.sets.items():
-        key = set_key(name)
-        if name in SUMMARY_NAMES or name in (HELD_OUT, BEHAVIOUR):
-            raise ValueError(
-                f"{key}: {name!r} names the held-out split, the behaviour table or one of the "
-                f"held-out split's metrics (eval/{name}). Fix: give the set another name"
-            )
-        check_eval_source(entry.source, key=key, **entry.options)
+        check_eval_source(entry.source, key=set_key(name), **entry.options)
 
 
 def load_sets(cfg: EvalConfig, trained_ids: set[str]) -> dict[str, datasets.Dataset]:

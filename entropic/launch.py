@@ -37,17 +37,22 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from entropic import models, rollout
 from entropic.compute import resolve_device
-from entropic.config import ComputeConfig, ConfigError, RolloutConfig, RunConfig
+from entropic.config import (
+    ComputeConfig,
+    ConfigError,
+    RolloutConfig,
+    RunConfig,
+    accelerate_config_path,
+    zero_stage,
+)
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # log file of a server the job starts, in the job folder
 SERVER_LOG = "vllm_server.log"
 # seconds the launched ranks get to exit after SIGTERM when this process is interrupted
@@ -139,19 +144,6 @@ def accelerate_command(
         # a sweep config may set MULTIRUN; each rank runs this one point
         "hydra.mode=RUN",
     ]
-
-
-def accelerate_config_path(compute: ComputeConfig) -> Path:
-    path = Path(compute.accelerate_config)
-    return path if path.is_absolute() else PROJECT_ROOT / path
-
-
-def zero_stage(compute: ComputeConfig) -> int:
-    """The DeepSpeed ZeRO stage of the profile's accelerate config (0: no DeepSpeed)."""
-    if compute.accelerate_config is None:
-        return 0
-    settings = yaml.safe_load(accelerate_config_path(compute).read_text())
-    return int((settings.get("deepspeed_config") or {}).get("zero_stage", 0))
 
 
 def hydra_config_args(hydra_cfg: DictConfig) -> list[str]:

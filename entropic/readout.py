@@ -15,7 +15,8 @@ with the mean of x where the first digit of the number is predicted, over the ba
 greedy answers to training-pool questions (no labels used). Its tensors are buffers whose names
 hold "lora_", so peft saves them in the adapter's file and `load_adapter` restores them: a
 checkpoint resumes with the same centring. A merge into the base weights cannot hold the gate,
-so vLLM rollouts (which merge) and ZeRO-3 are refused (`check`).
+so vLLM rollouts (which merge) and ZeRO-3 are refused with the config
+(`entropic.config.check_readout`, before torch loads).
 """
 
 from __future__ import annotations
@@ -55,25 +56,6 @@ class CentredInput(nn.Module):
         centred = x - self.mean.to(x.dtype)
         near = centred.norm(dim=-1, keepdim=True) < self.radius
         return (centred + self.level.to(x.dtype)) * near
-
-
-def check(config: RunConfig) -> None:
-    """Refuse what cannot carry the gate; called before any weights load."""
-    if config.adapter.centre is None or not config.train:
-        return
-    if config.rollout.name.startswith("vllm"):
-        raise ConfigError(
-            f"adapter.centre: rollout={config.rollout.name} generates from the adapter merged "
-            "into the base weights, and a merge cannot hold the read-out's gate. Fix: "
-            "rollout=hf (or prefix_cache) with adapter=readout"
-        )
-    from entropic.launch import zero_stage
-
-    if zero_stage(config.compute) == 3:
-        raise ConfigError(
-            "adapter.centre: ZeRO-3 shards the read-out's layer across ranks. Fix: "
-            "compute=multi_gpu (or zero2) with adapter=readout"
-        )
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoraLayer]:

@@ -22,7 +22,6 @@ hands each rank back its own slice.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -103,10 +102,6 @@ def calibrated(batch: ScoredBatch, cfg: RewardConfig) -> np.ndarray:
     return quadratic(batch, platt_target(batch))
 
 
-# reward.* keys every rule reads (TRLReward pays format_penalty for an unparseable completion)
-COMMON_PARAMETERS = ("name", "format_penalty")
-
-
 @dataclass(frozen=True)
 class RewardRule:
     score: Callable[[ScoredBatch, RewardConfig], np.ndarray]
@@ -114,34 +109,20 @@ class RewardRule:
     target: Callable[[ScoredBatch], np.ndarray]
     # the group-level stability must be computed (clustering, cross-rank gather)
     needs_stability: bool
-    # the dataset must carry a `calibrated_target` column (the entropy_platt pipeline)
-    needs_target: bool
-    # the reward.* parameters the score reads besides COMMON_PARAMETERS; any other keeps the
-    # value that means "unused" (`unused_value`), or the run is refused (`check_parameters`)
-    reads: tuple[str, ...] = ()
-    # the labeled share the rule is defined for when it does not read labeled_fraction (brier
-    # needs every label, stability none); None for a rule that reads the mix
-    labeled_fraction: float | None = None
-
-    def unused_value(self, parameter: str) -> Any:
-        """The value a parameter the rule does not read must keep: the labeled share the rule
-        is defined for, or RewardConfig's default."""
-        if parameter == "labeled_fraction":
-            return self.labeled_fraction
-        return next(f.default for f in dataclasses.fields(RewardConfig) if f.name == parameter)
 
 
+# Every rule by name (reward.name). What the config knows of each (the reward.* keys it reads,
+# whether it needs calibrated targets) is entropic.config.REWARD_PARAMETERS, under the same names
+# (tests/test_rewards.py), so that a bad reward setting is refused before torch loads.
 REWARDS: dict[str, RewardRule] = {
-    "brier": RewardRule(brier, grade, False, False, labeled_fraction=1.0),
-    "stability": RewardRule(stability_reward, group_share, True, False, labeled_fraction=0.0),
+    "brier": RewardRule(brier, grade, False),
+    "stability": RewardRule(stability_reward, group_share, True),
     # Brier on that share of the questions, stability on the rest
-    "mixed": RewardRule(mixed, grade_or_group_share, True, False, reads=("labeled_fraction",)),
-    "rlcr": RewardRule(rlcr, grade, False, False, labeled_fraction=1.0),
-    "log_score": RewardRule(
-        log_score, grade, False, False, ("log_score_floor",), labeled_fraction=1.0
-    ),
-    # the Platt scaling is fitted on the labeled share
-    "calibrated": RewardRule(calibrated, platt_target, False, True, reads=("labeled_fraction",)),
+    "mixed": RewardRule(mixed, grade_or_group_share, True),
+    "rlcr": RewardRule(rlcr, grade, False),
+    "log_score": RewardRule(log_score, grade, False),
+    # calibrated targets, made by entropic.calibration
+    "calibrated": RewardRule(calibrated, platt_target, False),
 }
 
 
@@ -152,25 +133,6 @@ def get_rule(name: str) -> RewardRule:
             f"(e.g. reward=mixed)"
         )
     return REWARDS[name]
-
-
-def check_parameters(cfg: RewardConfig) -> None:
-    """A reward parameter the chosen rule does not read is an error, not a silent run without it
-    (reward=brier reward.labeled_fraction=0.5 would run as pure Brier)."""
-    rule = get_rule(cfg.name)
-    for parameter in (f.name for f in dataclasses.fields(RewardConfig)):
-        if parameter in COMMON_PARAMETERS or parameter in rule.reads:
-            continue
-        unused, value = rule.unused_value(parameter), getattr(cfg, parameter)
-        if value == unused:
-            continue
-        readers = [name for name, other in REWARDS.items() if parameter in other.reads]
-        raise ValueError(
-            f"reward.{parameter}: reward={cfg.name} does not read it and runs as if it were "
-            f"{unused}, not {value}. Fix: reward={readers[0]} reward.{parameter}={value} (the "
-            f"rules that read it: {', '.join(readers)}), or drop the override (a rule chosen "
-            f"as a group, reward={cfg.name}, brings its own values)"
-        )
 
 
 def mark_labeled(dataset: datasets.Dataset, labeled_fraction: float, seed: int) -> datasets.Dataset:

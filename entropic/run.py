@@ -22,9 +22,12 @@ from entropic.config import ConfigError, RunConfig
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     try:
-        # The typed config's own checks first: a value they reject exits in about two seconds,
-        # before torch, transformers, peft and MLflow are imported (16 s on a 2-core Zen 3
-        # EPYC). The checks that need those libraries run again in the job (jobs.context).
+        # The typed config's own checks first: every name and value they reject (a reward, data
+        # source, evaluation set, job, read-out or calibration setting) exits in about two
+        # seconds, before torch, transformers, peft and MLflow are imported (16 s on a 2-core
+        # Zen 3 EPYC); TRL's judgement of the trainer group comes last and imports them. The
+        # checks that need a loader or a file (a jsonl path, a model directory) run in the job
+        # (jobs.context), still before any model loads.
         RunConfig.from_hydra(cfg)
         from entropic import launch
         from entropic.jobs import run

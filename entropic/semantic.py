@@ -529,7 +529,8 @@ class NliClusterer(_PairwiseClusterer):
         return same_per_group
 
 
-# Valid values of the `semantic.method` config key.
+# Valid values of the `semantic.method` config key, which entropic.config.SEMANTIC_METHODS checks
+# before torch loads (tests/test_semantic.py holds the two to the same names).
 CLUSTERERS: dict[str, type[Clusterer]] = {
     "exact": ExactClusterer,
     "embedding": EmbeddingClusterer,

@@ -16,9 +16,11 @@ import huggingface_hub.constants
 import pytest
 from omegaconf import OmegaConf
 
+from entropic.config import DATA_SOURCES
 from entropic.data import (
     DATASETS,
     FEATURES,
+    SOURCE_CHECKS,
     QuestionSplits,
     arithmetic,
     check_eval_source,
@@ -129,6 +131,9 @@ def test_check_source_names_the_key(name, options, message, why):
 def test_registry_lists_the_sources():
     # why: the config group conf/data/ holds exactly these names
     assert list(DATASETS) == ["geo", "triviaqa", "jsonl", "elements", "arithmetic"]
+    # why: data.name and eval.sets.<set>.source are checked against the torch-free DATA_SOURCES
+    # before torch loads; a source added to the registry alone would be refused there
+    assert DATA_SOURCES == tuple(DATASETS) == tuple(SOURCE_CHECKS)
 
 
 # --- the training subset (compute.cpu_scale.train_mix) -------------------------------------------

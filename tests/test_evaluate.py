@@ -10,7 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from entropic.config import RESERVED_SET_NAMES
 from entropic.evaluate import (
+    BEHAVIOUR,
     BEHAVIOUR_NAMES,
     HELD_OUT,
     SUMMARY_NAMES,
@@ -164,6 +166,13 @@ def test_grade(completion, fmt, expected):
 def test_where_each_set_is_logged(name, prefix, before, after, why):
     assert metric_prefix(name) == prefix
     assert (predictions_path(name, "before"), predictions_path(name, "after")) == (before, after)
+
+
+def test_the_config_reserves_every_name_a_set_would_shadow():
+    # why: eval.sets names are checked against the torch-free RESERVED_SET_NAMES before torch
+    # loads; a metric added to SUMMARY_NAMES alone would let a set named after it shadow it
+    assert len(set(RESERVED_SET_NAMES)) == len(RESERVED_SET_NAMES)
+    assert set(RESERVED_SET_NAMES) == {*SUMMARY_NAMES, HELD_OUT, BEHAVIOUR}
 
 
 def test_behaviour_table_reads_before_and_after_of_every_set():

@@ -205,8 +205,7 @@ def test_what_cannot_carry_the_gate_is_refused_before_any_weights_load(
     tmp_path, overrides, message
 ):
     with pytest.raises(ConfigError, match=message):
-        config = RunConfig.from_hydra(compose_config(["adapter=readout", *overrides], tmp_path))
-        readout.check(config)
+        RunConfig.from_hydra(compose_config(["adapter=readout", *overrides], tmp_path))
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,16 @@ import math
 import numpy as np
 import pytest
 
-from entropic.config import RewardConfig
+from entropic.config import (
+    COMMON_REWARD_PARAMETERS,
+    REWARD_PARAMETERS,
+    RewardConfig,
+    check_reward_parameters,
+)
 from entropic.rewards import (
-    COMMON_PARAMETERS,
     REWARDS,
     ScoredBatch,
     TRLReward,
-    check_parameters,
     confidence_spread,
     get_rule,
     group_stability,
@@ -78,6 +81,12 @@ def test_expected_reward_peaks_at_the_true_probability(rule):
         wrong = REWARDS[rule].score(batch(grid, np.zeros_like(grid)), cfg(rule))
         expected = p * right + (1 - p) * wrong
         assert abs(grid[np.argmax(expected)] - p) <= 0.02, (rule, p)
+
+
+def test_the_config_knows_every_rule_by_the_registrys_names():
+    # why: reward.name is checked against the torch-free REWARD_PARAMETERS before torch loads; a
+    # rule added to REWARDS alone would be refused, one added there alone would fail in the job
+    assert list(REWARD_PARAMETERS) == list(REWARDS)
 
 
 def test_unknown_reward_lists_the_valid_names():
@@ -286,17 +295,17 @@ PARAMETER_CASES = [
 def test_a_parameter_the_rule_does_not_read_is_refused(name, parameters, fix):
     config = cfg(name, **parameters)
     if fix is None:
-        check_parameters(config)
+        check_reward_parameters(config)
         return
     with pytest.raises(ValueError) as err:
-        check_parameters(config)
+        check_reward_parameters(config)
     assert str(err.value).startswith("reward.") and fix in str(err.value).split("Fix:")[1]
 
 
 def test_every_rule_declares_parameters_that_exist():
     # why: a misspelt name in `reads` would leave the real parameter unchecked
     names = {f.name for f in dataclasses.fields(RewardConfig)}
-    for name, rule in REWARDS.items():
-        assert set(rule.reads) <= names - set(COMMON_PARAMETERS), name
+    for name, rule in REWARD_PARAMETERS.items():
+        assert set(rule.reads) <= names - set(COMMON_REWARD_PARAMETERS), name
         # a rule either reads the mix or says which share it is defined for, never both
         assert ("labeled_fraction" in rule.reads) == (rule.labeled_fraction is None), name

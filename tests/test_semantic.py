@@ -16,7 +16,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from entropic import semantic
-from entropic.config import ConfigError
+from entropic.config import SEMANTIC_METHODS, ConfigError
 from entropic.semantic import (
     CLUSTERERS,
     LINKAGES,
@@ -239,6 +239,12 @@ BUILD_ERRORS = [
 def test_build_clusterer_errors_name_the_fix(method, options, fragment, why):
     with pytest.raises(ValueError, match=re.escape(fragment)):
         build_clusterer(method, **options)
+
+
+def test_the_config_knows_every_clusterer_by_the_registrys_names():
+    # why: semantic.method is checked against the torch-free SEMANTIC_METHODS before torch loads;
+    # a clusterer added to CLUSTERERS alone would be refused there
+    assert tuple(CLUSTERERS) == SEMANTIC_METHODS
 
 
 @pytest.mark.parametrize("name", ["exact", "embedding"])

@@ -18,8 +18,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf, open_dict
 
 from entropic import tracking
-from entropic.config import RunConfig
-from entropic.rewards import check_parameters
+from entropic.config import RunConfig, check_reward_parameters
 from entropic.sweeps import (
     COMPARISON_FIGURE,
     PARENT_RUN_FILE,
@@ -109,7 +108,7 @@ def test_every_sweep_expands_to_its_grid(sweep, tmp_path):
     assert set(got) == GRIDS[sweep]
     for config in configs:
         # why: no point sets a reward parameter its reward ignores (a brier point with a mix)
-        check_parameters(config.reward)
+        check_reward_parameters(config.reward)
         # why: parent and children share the sweep's MLflow experiment, so the UI nests them
         assert config.tracking.experiment_name == sweep
         assert config.tags["sweep"] == sweep

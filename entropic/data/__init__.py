@@ -221,6 +221,8 @@ from entropic.data import arithmetic, elements, geo, jsonl, triviaqa  # noqa: E4
 
 # Each loader takes (*, train_size, eval_size, seed, **its options) and returns QuestionSplits;
 # train_size=0 loads the eval set alone (an evaluation set of another run, entropic.evaluate).
+# The names are entropic.config.DATA_SOURCES too, which refuses an unknown one before torch loads
+# (tests/test_data.py holds the two to the same names).
 DATASETS: dict[str, Callable[..., QuestionSplits]] = {
     "geo": geo.load,
     "triviaqa": triviaqa.load,

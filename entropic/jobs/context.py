@@ -30,7 +30,7 @@ from hydra.types import RunMode
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from entropic import calibration, models, readout, rollout, tracking
+from entropic import models, rollout, tracking
 from entropic.compute import (
     Changed,
     apply_cpu_scale,
@@ -53,7 +53,7 @@ from entropic.data import (
 )
 from entropic.evaluate import HELD_OUT, check_sets, load_sets
 from entropic.prompting import FITTED_KEYS, fit_completion_length
-from entropic.rewards import check_parameters, get_rule, mark_labeled
+from entropic.rewards import get_rule, mark_labeled
 from entropic.semantic import build_clusterer
 from entropic.training import check_target_modules
 
@@ -177,7 +177,7 @@ def prepare(cfg: DictConfig) -> RunContext:
             check_target_modules(config.adapter, policy.checkpoint)
     clusterer = checked_clusterer(config) if rule.needs_stability else None
     with rejected_input():
-        splits = load_splits(config, needs_pool=config.train or rule.needs_target)
+        splits = load_splits(config, needs_pool=config.train or config.reward.needs_target)
     n_train = train_question_count(config, device)
     train = draw_subset(splits.train, n_train, config.seed, training_mix(config, device))
     train = mark_labeled(train, config.reward.labeled_fraction, config.seed)
@@ -195,17 +195,13 @@ def multirun_launcher() -> str | None:
 
 
 def checked_config(cfg: DictConfig) -> RunConfig:
-    """The typed config, with the checks that need more than one section or a registry."""
+    """The typed config (its names and values checked torch-free, entropic.config), with the
+    checks that need a source's loader or a file: the model's package or directory, the data
+    source's options, the evaluation sets' options."""
     config = RunConfig.from_hydra(cfg)
-    rule = get_rule(config.reward.name)
     models.check_source(config.model)
     check_source(config.data.name, **config.data.options)
     check_sets(config.eval)
-    check_parameters(config.reward)
-    readout.check(config)
-    if rule.needs_target:
-        # the entropy -> Platt targets are made in the train job; their keys are checked now
-        calibration.check_pipeline(config)
     return config
 
 

@@ -43,13 +43,8 @@ def run(context: RunContext) -> RunResult:
     Returns the train job's result type: `before` holds the study's metrics, `after` is empty.
     """
     config = context.config
-    _require(
-        config.study is not None,
-        "study",
-        "no study is configured",
-        "run +experiment=stability_study (or add study=stability)",
-    )
-    # the section as the CPU caps left it (entropic.compute.apply_cpu_scale)
+    # the section as the CPU caps left it (entropic.compute.apply_cpu_scale); RunConfig refuses
+    # job=stability_study without one
     study = config.study
     available = len(context.splits.eval)
     _require(

@@ -50,7 +50,7 @@ from entropic.jobs import calibrated_target
 from entropic.jobs.context import RunContext, RunResult, log_run_config, open_run
 from entropic.plots import reliability_diagram
 from entropic.prompting import add_prompts
-from entropic.rewards import TRLReward, get_rule
+from entropic.rewards import TRLReward
 from entropic.training import build_trainer, last_checkpoint
 from entropic.ui import closing_line
 
@@ -113,7 +113,7 @@ def run(context: RunContext) -> RunResult:
                 },
             )
         before = evaluate_base(context, resumed=bool(earlier))
-        if get_rule(config.reward.name).needs_target:
+        if config.reward.needs_target:
             # the one place the training questions change: they gain their calibrated targets
             context = dataclasses.replace(
                 context, train=calibrated_target.add(context, before[HELD_OUT][0])
