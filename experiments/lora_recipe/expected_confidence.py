@@ -12,9 +12,9 @@ the greedy one's, on the same answers.
         [--tracking-uri sqlite:///mlflow.db]
 
 RUN_FOLDER is a train job's folder (Hydra's run dir: `.hydra/config.yaml`, `mlflow_run_id.txt`
-and, for --when after, the last `checkpoint-N` with the adapter). About 2 minutes for 200
-questions on 2 CPU cores. The model must write numbers one digit per token (SmolLM2 and Qwen
-do); the script refuses a tokenizer that does not.
+and, for --when after, the last `checkpoint-N` with the adapter, a read-out's gate included).
+About 2 minutes for 200 questions on 2 CPU cores. The model must write numbers one digit per
+token (SmolLM2 and Qwen do); the script refuses a tokenizer that does not.
 
 Findings (2026-11-28, AMD EPYC, 2 cores) are in README.md beside this file.
 """
@@ -30,6 +30,7 @@ from mlflow import MlflowClient
 from omegaconf import OmegaConf
 from peft import PeftModel
 
+from entropic import readout
 from entropic.config import ModelConfig, PromptConfig
 from entropic.generation import chat_prompt_ids
 from entropic.metrics import auroc, brier_score, expected_calibration_error
@@ -107,6 +108,10 @@ def main() -> None:
     if args.when == "after":
         adapter = max(args.run_folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
         model = PeftModel.from_pretrained(model, str(adapter))
+        if saved["adapter"].get("centre") is not None:
+            # a read-out (adapter=readout): its gate is not a peft module; put it back in the
+            # LoRA layers and fill it from the same adapter file, as the job's resume does
+            readout.restore(str(adapter), readout.install(model))
     model.eval()
     digits = digit_ids(tokenizer)
 
