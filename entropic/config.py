@@ -694,13 +694,9 @@ def check_with_trl(trainer: TrainerConfig) -> None:
 
 # A set's name becomes a metric prefix (eval/<set>/accuracy) and an artifact folder.
 SET_NAME = re.compile(r"[a-z][a-z0-9_]*")
-# Names no set can take: the held-out split's own and the behaviour table's (entropic.evaluate's
-# HELD_OUT and BEHAVIOUR) and the held-out split's metrics (its SUMMARY_NAMES), which eval/<set>
-# would shadow. tests/test_evaluate.py holds this to those names; it lives here, torch-free, so
-# that such a set is refused in seconds.
-RESERVED_SET_NAMES = (
-    "held_out",
-    "behaviour",
+# The held-out split's summary metrics (entropic.evaluate logs them as eval/<name>) and the
+# tables' names, kept here, torch-free, because a set named after one is refused with the config.
+METRIC_NAMES = (
     "accuracy",
     "confidence",
     "calibration_gap",
@@ -708,14 +704,28 @@ RESERVED_SET_NAMES = (
     "brier",
     "auroc",
     "format_rate",
-    "brier_constant",
-    "brier_skill",
-    "confidence_correct",
-    "confidence_wrong",
-    "distinct_confidences",
-    "abstain_share",
-    "alternatives_share",
 )
+# The Brier score of the best single confidence on the same (parsed) answers, and the skill
+# score against it (1 - brier / brier_constant): positive only when the stated numbers beat
+# saying the answers' accuracy to every question.
+BASELINE_NAMES = ("brier_constant", "brier_skill")
+# How the stated confidence separates right from wrong answers, and whether it is one number
+# said to every question (the dead end of group-normalised GRPO): printed and logged beside the
+# METRIC_NAMES, which the study reports read.
+DISCRIMINATION_NAMES = ("confidence_correct", "confidence_wrong", "distinct_confidences")
+# How the answers behave (the reference's "The Pattern" table): the share of all questions whose
+# answer abstains ("I don't know", "None") and whose completion puts forward more than one
+# candidate (entropic.grading.abstains, mentions_alternatives).
+SHARE_NAMES = ("abstain_share", "alternatives_share")
+SUMMARY_NAMES = METRIC_NAMES + BASELINE_NAMES + DISCRIMINATION_NAMES + SHARE_NAMES
+# The training source's held-out split among the sets a run evaluates. Its metrics stay at
+# eval/<metric> and its tables at predictions/<when>.json, where reports and the UI read them.
+HELD_OUT = "held_out"
+# The behaviour table's title beside the sets' summary tables (summary.md, the printed summary).
+BEHAVIOUR = "behaviour"
+# Names no set can take: the held-out split's own, the behaviour table's and the held-out
+# split's metrics, which eval/<set> would shadow.
+RESERVED_SET_NAMES = (HELD_OUT, BEHAVIOUR, *SUMMARY_NAMES)
 
 
 @dataclass

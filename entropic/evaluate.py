@@ -17,7 +17,17 @@ import datasets
 import numpy as np
 import pandas as pd
 
-from entropic.config import EvalConfig, PromptConfig
+from entropic.config import (  # noqa: F401 (the names are evaluate's; config holds them torch-free)
+    BASELINE_NAMES,
+    BEHAVIOUR,
+    DISCRIMINATION_NAMES,
+    HELD_OUT,
+    METRIC_NAMES,
+    SHARE_NAMES,
+    SUMMARY_NAMES,
+    EvalConfig,
+    PromptConfig,
+)
 from entropic.data import check_eval_source, load_eval_questions
 from entropic.generation import generate_chats
 from entropic.grading import abstains, is_correct, mentions_alternatives
@@ -33,28 +43,6 @@ from entropic.metrics import (
 from entropic.parsing import parse_completion, reasoning_text
 from entropic.prompting import build_messages
 
-METRIC_NAMES = (
-    "accuracy",
-    "confidence",
-    "calibration_gap",
-    "ece",
-    "brier",
-    "auroc",
-    "format_rate",
-)
-# The Brier score of the best single confidence on the same (parsed) answers, and the skill
-# score against it (1 - brier / brier_constant): positive only when the stated numbers beat
-# saying the answers' accuracy to every question.
-BASELINE_NAMES = ("brier_constant", "brier_skill")
-# How the stated confidence separates right from wrong answers, and whether it is one number
-# said to every question (the dead end of group-normalised GRPO): printed and logged beside the
-# METRIC_NAMES, which the study reports read.
-DISCRIMINATION_NAMES = ("confidence_correct", "confidence_wrong", "distinct_confidences")
-# How the answers behave (the reference's "The Pattern" table): the share of all questions whose
-# answer abstains ("I don't know", "None") and whose completion puts forward more than one
-# candidate (entropic.grading.abstains, mentions_alternatives).
-SHARE_NAMES = ("abstain_share", "alternatives_share")
-SUMMARY_NAMES = METRIC_NAMES + BASELINE_NAMES + DISCRIMINATION_NAMES + SHARE_NAMES
 # The behaviour table's columns, before vs after: confidence when right, when wrong, and the shares.
 BEHAVIOUR_NAMES = ("confidence_correct", "confidence_wrong", *SHARE_NAMES)
 
@@ -163,12 +151,6 @@ def evaluate(
 
 
 # --- evaluation sets (eval.sets): other question sources, evaluated beside the held-out split ---
-
-# The training source's held-out split among the sets a run evaluates. Its metrics stay at
-# eval/<metric> and its tables at predictions/<when>.json, where reports and the UI read them.
-HELD_OUT = "held_out"
-# The behaviour table's title beside the sets' summary tables (summary.md, the printed summary).
-BEHAVIOUR = "behaviour"
 
 
 def evaluate_sets(
