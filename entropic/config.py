@@ -112,6 +112,11 @@ class CentreConfig:
     # what is left of the mean, along its direction, in the same medians: 0 centres fully, so
     # the adapter can rank answers but barely move their level; > 0 lets it move the level too
     level: float = 0.0
+    # the policy's logits are divided by this where the gate is open (the number's first
+    # digit): rollouts sample the digit at this x the rollout temperature, and the loss scores
+    # it so; greedy evaluation reads the same number. < 1 pays for the number greedy decoding
+    # states (1: the rollout temperature, as every token)
+    temperature: float = 1.0
 
     def __post_init__(self) -> None:
         _require(
@@ -122,6 +127,12 @@ class CentreConfig:
         )
         _require(self.radius > 0, "adapter.centre.radius", "must be > 0", "adapter.centre.radius=5")
         _require(self.level >= 0, "adapter.centre.level", "must be >= 0", "adapter.centre.level=0")
+        _require(
+            self.temperature > 0,
+            "adapter.centre.temperature",
+            f"{self.temperature} is not a positive temperature",
+            "adapter.centre.temperature=1",
+        )
 
 
 @dataclass

@@ -17,6 +17,10 @@ hold "lora_", so peft saves them in the adapter's file and `load_adapter` restor
 checkpoint resumes with the same centring. A merge into the base weights cannot hold the gate,
 so vLLM rollouts (which merge) and ZeRO-3 are refused with the config
 (`entropic.config.check_readout`, before torch loads).
+
+`adapter.centre.temperature` (`sharpen`) divides the policy's logits where the gate is open, so
+the stated number's first digit is sampled and scored at a temperature of its own while the
+answer keeps the rollout's; greedy evaluation reads the same number either way.
 """
 
 from __future__ import annotations
@@ -51,10 +55,13 @@ class CentredInput(nn.Module):
         self.register_buffer("mean", torch.zeros(width))
         self.register_buffer("level", torch.zeros(width))
         self.register_buffer("radius", torch.zeros(()))
+        # where the gate was open in the forward under way, for `sharpen` (not saved)
+        self.open: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         centred = x - self.mean.to(x.dtype)
         near = centred.norm(dim=-1, keepdim=True) < self.radius
+        self.open = near
         return (centred + self.level.to(x.dtype)) * near
 
 
@@ -76,6 +83,44 @@ def install(model: nn.Module) -> dict[str, CentredInput]:
             layer.lora_dropout[adapter] = centred
             installed[f"{name}.{adapter}"] = centred
     return installed
+
+
+def sharpen(model: nn.Module, centres: dict[str, CentredInput], temperature: float):
+    """Divide the policy's logits by `temperature` where the read-out's gate is open (the
+    stated number's first digit), everywhere the policy runs: rollouts sample that digit at
+    `temperature` x the rollout's, and GRPO's loss scores it at the same (TRL's one scalar
+    temperature then multiplies both alike). Greedy decoding reads the same number whatever
+    the temperature. Returns the hook's handle, or None at temperature 1.
+
+    The logits are divided by scaling the final norm's output there, which the output head
+    maps linearly: a head with a bias or a logit soft-cap would not be, and is refused. The
+    deepest centre's gate is read, in the same forward that computed it; with the adapters
+    switched off (`disable_adapter`, the fit) no gate runs and nothing is scaled.
+    """
+    if temperature == 1.0:
+        return None
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings()
+    norm = getattr(getattr(base, "base_model", None), "norm", None)
+    config = base.config.get_text_config()
+    softcap = getattr(config, "final_logit_softcapping", None)
+    if norm is None or head.bias is not None or softcap is not None:
+        raise ValueError(
+            f"adapter.centre.temperature={temperature}: this model's logits are not its final "
+            "norm's output times the head's weight (a head bias, a logit soft-cap, or no "
+            "`norm` on its decoder), so they cannot be divided where the gate is open. Fix: "
+            "adapter.centre.temperature=1"
+        )
+    gate = list(centres.values())[-1]
+    scale = 1.0 / temperature
+
+    def divide(module, args, output):
+        open_, gate.open = gate.open, None
+        if open_ is None or open_.shape[:-1] != output.shape[:-1]:
+            return output
+        return output * torch.where(open_, scale, 1.0).to(output.dtype)
+
+    return norm.register_forward_hook(divide)
 
 
 def number_positions(

@@ -125,6 +125,8 @@ BEFORE_TORCH = [
     (["adapter=readout", "compute=zero3"], "adapter.centre", "ZeRO-3 shards the gated layer"),
     (["adapter=readout", "adapter.centre.radius=0"], "adapter.centre.radius",
      "a gate that never opens"),
+    (["adapter=readout", "adapter.centre.temperature=0"], "adapter.centre.temperature",
+     "logits divided by zero"),
     (["+trainer.grpo.seed=3"], "trainer.grpo.seed", "entropic sets the seed from `seed`"),
     (["compute.device=tpu"], "compute.device", "a section built after the trainer's"),
 ]  # fmt: skip

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from entropic import jobs, models, readout
 from entropic.config import ConfigError, RunConfig
 from entropic.jobs import train as train_job
+from entropic.prefix_scoring import shared_prefix_calls
 from entropic.training import first_digit_mask, peft_config
 from tests.conftest import compose_config
 from tests.test_resume import TINY, CtrlC, only_run, with_callback
@@ -114,6 +115,62 @@ def test_the_gate_decides_whether_the_trained_adapter_acts(tmp_path):
     assert not torch.allclose(logits(model, ids), base, atol=1e-6)
     centre.radius.fill_(0.0)  # closed everywhere: the adapter reads zero, the model is the base
     torch.testing.assert_close(logits(model, ids), base)
+
+
+def test_the_digit_temperature_divides_the_logits_where_the_gate_is_open(tmp_path):
+    trainer, _ = tiny_trainer(tmp_path, READOUT)
+    model = trainer.model.eval()
+    centres = readout.install(model)
+    ((name, centre),) = centres.items()
+    (layer,) = readout.lora_layers(model).values()
+    generator = torch.Generator().manual_seed(0)
+    # two rows that share a 12-token prefix, so GRPO's scoring runs the prefix once
+    # (entropic.prefix_scoring, installed by build_trainer on a CPU), then 6 tokens each
+    prefix = torch.randint(5, 200, (12,), generator=generator)
+    ids = torch.stack([torch.cat([prefix, torch.randint(5, 200, (6,), generator=generator)])
+                       for _ in range(2)])  # fmt: skip
+    row, position = 0, 14  # one of row 0's own tokens
+    inputs = []
+    hook = layer.register_forward_pre_hook(lambda module, args: inputs.append(args[0][0]))
+    plain = logits(model, ids[row : row + 1])[0]
+    hook.remove()
+    # the gate opens at that position alone: its input is the mean, every other one is far
+    centre.mean.copy_(inputs[0][position])
+    centre.radius.fill_(1e-3)
+    readout.sharpen(model, centres, 0.5)
+    sharp = logits(model, ids[row : row + 1])[0]
+    expected = plain.clone()
+    expected[position] *= 2
+    # why: at temperature 0.5 the logits that predict the token after the open position are
+    # doubled, and no others change
+    torch.testing.assert_close(sharp, expected)
+    # why: the loss scores through TRL's fused head, over the shared prefix, at TRL's own
+    # temperature on top: the label after the open position gets log_softmax(2 z / T)
+    calls = shared_prefix_calls(model)
+    labels = ids.clone()
+    labels[:, :12] = -100
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels,
+                    fused_lm_head=True)  # fmt: skip
+    assert shared_prefix_calls(model) == calls + 1
+    log_probs = torch.log_softmax(expected / trainer.temperature, dim=-1)
+    torch.testing.assert_close(
+        out.log_probs[row, 12:], log_probs[12:-1].gather(1, ids[row, 13:, None])[:, 0]
+    )
+    # why: with the adapters off no gate runs (the fit reads the base model), so no logit is
+    # divided
+    with model.disable_adapter():
+        torch.testing.assert_close(logits(model, ids[row : row + 1])[0], plain)
+
+
+def test_a_digit_temperature_is_refused_where_logits_are_not_linear_in_the_norm(tmp_path):
+    trainer, _ = tiny_trainer(tmp_path, READOUT)
+    centres = readout.install(trainer.model)
+    trainer.model.get_base_model().config.final_logit_softcapping = 30.0
+    with pytest.raises(ValueError, match="adapter.centre.temperature=0.5: .* Fix: "):
+        readout.sharpen(trainer.model, centres, 0.5)
+    # why: temperature 1 changes nothing, so no model is refused it
+    assert readout.sharpen(trainer.model, centres, 1.0) is None
 
 
 def test_a_readout_checkpoint_saves_its_centre_and_resumes_with_it(tmp_path):

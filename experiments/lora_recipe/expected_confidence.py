@@ -111,7 +111,10 @@ def main() -> None:
         if saved["adapter"].get("centre") is not None:
             # a read-out (adapter=readout): its gate is not a peft module; put it back in the
             # LoRA layers and fill it from the same adapter file, as the job's resume does
-            readout.restore(str(adapter), readout.install(model))
+            centres = readout.install(model)
+            readout.restore(str(adapter), centres)
+            # the distribution the run trained and sampled: its digit temperature included
+            readout.sharpen(model, centres, saved["adapter"]["centre"].get("temperature", 1.0))
     model.eval()
     digits = digit_ids(tokenizer)
 
