@@ -89,8 +89,8 @@ def sharpen(model: nn.Module, centres: dict[str, CentredInput], temperature: flo
     """Divide the policy's logits by `temperature` where the read-out's gate is open (the
     stated number's first digit), everywhere the policy runs: rollouts sample that digit at
     `temperature` x the rollout's, and GRPO's loss scores it at the same (TRL's one scalar
-    temperature then multiplies both alike). Greedy decoding reads the same number whatever
-    the temperature. Returns the hook's handle, or None at temperature 1.
+    temperature divides every logit on top, in both). Greedy decoding reads the same number
+    whatever the temperature. Returns the hook's handle, or None at temperature 1.
 
     The logits are divided by scaling the final norm's output there, which the output head
     maps linearly: a head with a bias or a logit soft-cap would not be, and is refused. The
