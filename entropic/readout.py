@@ -100,17 +100,7 @@ def sharpen(model: nn.Module, centres: dict[str, CentredInput], temperature: flo
     if temperature == 1.0:
         return None
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    head = base.get_output_embeddings()
-    norm = getattr(getattr(base, "base_model", None), "norm", None)
-    config = base.config.get_text_config()
-    softcap = getattr(config, "final_logit_softcapping", None)
-    if norm is None or head.bias is not None or softcap is not None:
-        raise ValueError(
-            f"adapter.centre.temperature={temperature}: this model's logits are not its final "
-            "norm's output times the head's weight (a head bias, a logit soft-cap, or no "
-            "`norm` on its decoder), so they cannot be divided where the gate is open. Fix: "
-            "adapter.centre.temperature=1"
-        )
+    norm = final_norm(base, temperature)
     gate = list(centres.values())[-1]
     scale = 1.0 / temperature
 
@@ -121,6 +111,23 @@ def sharpen(model: nn.Module, centres: dict[str, CentredInput], temperature: flo
         return output * torch.where(open_, scale, 1.0).to(output.dtype)
 
     return norm.register_forward_hook(divide)
+
+
+def final_norm(model: nn.Module, temperature: float) -> nn.Module:
+    """The causal LM's final norm, whose output `sharpen` scales, or a ValueError naming
+    `adapter.centre.temperature` where the logits are not that output times the head's weight.
+    Works on the checkpoint's architecture on the meta device (`training.meta_model`), so the
+    job refuses such a model before any weights load, as it refuses unknown target modules."""
+    norm = getattr(getattr(model, "base_model", None), "norm", None)
+    softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
+    if norm is None or model.get_output_embeddings().bias is not None or softcap is not None:
+        raise ValueError(
+            f"adapter.centre.temperature={temperature}: this model's logits are not its final "
+            "norm's output times the head's weight (a head bias, a logit soft-cap, or no "
+            "`norm` on its decoder), so they cannot be divided where the gate is open. Fix: "
+            "adapter.centre.temperature=1"
+        )
+    return norm
 
 
 def number_positions(

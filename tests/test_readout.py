@@ -15,7 +15,7 @@ from entropic import jobs, models, readout
 from entropic.config import ConfigError, RunConfig
 from entropic.jobs import train as train_job
 from entropic.prefix_scoring import shared_prefix_calls
-from entropic.training import first_digit_mask, peft_config
+from entropic.training import first_digit_mask, meta_model, peft_config
 from tests.conftest import compose_config
 from tests.test_resume import TINY, CtrlC, only_run, with_callback
 from tests.test_training import QUESTIONS, tiny_trainer
@@ -121,7 +121,7 @@ def test_the_digit_temperature_divides_the_logits_where_the_gate_is_open(tmp_pat
     trainer, _ = tiny_trainer(tmp_path, READOUT)
     model = trainer.model.eval()
     centres = readout.install(model)
-    ((name, centre),) = centres.items()
+    (centre,) = centres.values()
     (layer,) = readout.lora_layers(model).values()
     generator = torch.Generator().manual_seed(0)
     # two rows that share a 12-token prefix, so GRPO's scoring runs the prefix once
@@ -164,8 +164,15 @@ def test_the_digit_temperature_divides_the_logits_where_the_gate_is_open(tmp_pat
 
 
 def test_a_digit_temperature_is_refused_where_logits_are_not_linear_in_the_norm(tmp_path):
-    trainer, _ = tiny_trainer(tmp_path, READOUT)
+    trainer, config = tiny_trainer(tmp_path, READOUT)
     centres = readout.install(trainer.model)
+    # why: the job's check runs on the architecture alone (meta device, no weights); the tiny
+    # Llama's head has no bias and no soft-cap, so its final norm is what gets scaled
+    architecture = meta_model(models.resolve_checkpoint(config.model))
+    assert readout.final_norm(architecture, 0.5) is architecture.model.norm
+    architecture.config.final_logit_softcapping = 30.0
+    with pytest.raises(ValueError, match="adapter.centre.temperature=0.5: .* Fix: "):
+        readout.final_norm(architecture, 0.5)
     trainer.model.get_base_model().config.final_logit_softcapping = 30.0
     with pytest.raises(ValueError, match="adapter.centre.temperature=0.5: .* Fix: "):
         readout.sharpen(trainer.model, centres, 0.5)

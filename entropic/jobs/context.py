@@ -30,7 +30,7 @@ from hydra.types import RunMode
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from entropic import models, rollout, tracking
+from entropic import models, readout, rollout, tracking
 from entropic.compute import (
     Changed,
     apply_cpu_scale,
@@ -55,7 +55,7 @@ from entropic.evaluate import HELD_OUT, check_sets, load_sets
 from entropic.prompting import FITTED_KEYS, fit_completion_length
 from entropic.rewards import get_rule, mark_labeled
 from entropic.semantic import build_clusterer
-from entropic.training import check_target_modules
+from entropic.training import check_target_modules, meta_model
 
 # What rejected input raises where it is found: the data sources and the checks raise
 # ValueError, a missing model file FileNotFoundError, an offline hub ConnectionError.
@@ -175,6 +175,10 @@ def prepare(cfg: DictConfig) -> RunContext:
     if config.train and config.adapter.target_modules != "all-linear":
         with rejected_input():
             check_target_modules(config.adapter, policy.checkpoint)
+    centre = config.adapter.centre
+    if config.train and centre is not None and centre.temperature != 1.0:
+        with rejected_input():
+            readout.final_norm(meta_model(policy.checkpoint), centre.temperature)
     clusterer = checked_clusterer(config) if rule.needs_stability else None
     with rejected_input():
         splits = load_splits(config, needs_pool=config.train or config.reward.needs_target)
