@@ -117,6 +117,10 @@ class CentreConfig:
     # it so; greedy evaluation reads the same number. < 1 pays for the number greedy decoding
     # states (1: the rollout temperature, as every token)
     temperature: float = 1.0
+    # a shift of the logits there, the same for every answer, trained from zero at this x the
+    # adapter's learning rate: the number's level moves apart from the split the centred
+    # read-out learns (0: no shift; the read-out alone barely moves the level, p51-p52)
+    shift_rate: float = 0.0
 
     def __post_init__(self) -> None:
         _require(
@@ -132,6 +136,12 @@ class CentreConfig:
             "adapter.centre.temperature",
             f"{self.temperature} is not a positive temperature",
             "adapter.centre.temperature=1",
+        )
+        _require(
+            self.shift_rate >= 0,
+            "adapter.centre.shift_rate",
+            f"{self.shift_rate} is not a rate >= 0",
+            "adapter.centre.shift_rate=0",
         )
 
 

@@ -18,9 +18,12 @@ checkpoint resumes with the same centring. A merge into the base weights cannot 
 so vLLM rollouts (which merge) and ZeRO-3 are refused with the config
 (`entropic.config.check_readout`, before torch loads).
 
-`adapter.centre.temperature` (`sharpen`) divides the policy's logits where the gate is open, so
-the stated number's first digit is sampled and scored at a temperature of its own while the
-answer keeps the rollout's; greedy evaluation reads the same number either way.
+Two options act on the policy's logits where the gate is open (`at_the_number`):
+`adapter.centre.temperature` divides them, so the stated number's first digit is sampled and
+scored at a temperature of its own while the answer keeps the rollout's (greedy evaluation reads
+the same number either way); `adapter.centre.shift_rate` adds a trained shift to them, the same
+for every answer, so the number's level can move apart from the split the centred read-out
+learns (a centred input has no constant for the LoRA to scale).
 """
 
 from __future__ import annotations
@@ -55,8 +58,10 @@ class CentredInput(nn.Module):
         self.register_buffer("mean", torch.zeros(width))
         self.register_buffer("level", torch.zeros(width))
         self.register_buffer("radius", torch.zeros(()))
-        # where the gate was open in the forward under way, for `sharpen` (not saved)
+        # where the gate was open in the forward under way, for `at_the_number` (not saved)
         self.open: torch.Tensor | None = None
+        # the level's shift at the final norm (`at_the_number`), on the deepest centre alone
+        self.shift: nn.Parameter | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         centred = x - self.mean.to(x.dtype)
@@ -85,47 +90,71 @@ def install(model: nn.Module) -> dict[str, CentredInput]:
     return installed
 
 
-def sharpen(model: nn.Module, centres: dict[str, CentredInput], temperature: float):
-    """Divide the policy's logits by `temperature` where the read-out's gate is open (the
-    stated number's first digit), everywhere the policy runs: rollouts sample that digit at
-    `temperature` x the rollout's, and GRPO's loss scores it at the same (TRL's one scalar
-    temperature divides every logit on top, in both). Greedy decoding reads the same number
-    whatever the temperature. Returns the hook's handle, or None at temperature 1.
+def at_the_number(
+    model: nn.Module,
+    centres: dict[str, CentredInput],
+    temperature: float = 1.0,
+    shift_rate: float = 0.0,
+):
+    """Act on the policy's logits where the read-out's gate is open (the stated number's first
+    digit), everywhere the policy runs: rollouts sample that digit, GRPO's loss scores it (TRL's
+    one scalar temperature divides every logit on top, in both) and greedy decoding reads it.
+    There the final norm's output h becomes
 
-    The logits are divided by scaling the final norm's output there, which the output head
-    maps linearly: a head with a bias or a logit soft-cap would not be, and is refused. The
-    deepest centre's gate is read, in the same forward that computed it; with the adapters
-    switched off (`disable_adapter`, the fit) no gate runs and nothing is scaled.
-    """
-    if temperature == 1.0:
+        (h + shift_rate * shift) / temperature
+
+    which the output head maps linearly into the logits. `temperature` < 1 samples the digit
+    sharper than the answer; greedy decoding reads the same number whatever it is.
+    `shift_rate` > 0 adds `shift`, a trained vector of the model's width starting at zero, put
+    on the deepest centre so peft saves and reloads it with the adapter: the same shift for
+    every answer, so the number's level can move apart from the split the centred LoRA learns.
+    Adam moves each of its entries by about the learning rate a step, so the shift moves
+    shift_rate x as fast as a weight (the rate of its own, without an optimizer group).
+
+    A head with a bias or a logit soft-cap would not map the norm's output linearly, and is
+    refused. The deepest centre's gate is read, in the same forward that computed it; with the
+    adapters switched off (`disable_adapter`, the fit) no gate runs and nothing changes.
+    Returns the hook's handle, or None where neither option is set."""
+    if temperature == 1.0 and shift_rate == 0.0:
         return None
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    norm = final_norm(base, temperature)
+    norm = final_norm(base, temperature, shift_rate)
     gate = list(centres.values())[-1]
     scale = 1.0 / temperature
+    if shift_rate > 0:
+        width = norm.weight.shape[0]
+        gate.shift = nn.Parameter(torch.zeros(width, device=norm.weight.device))
 
-    def divide(module, args, output):
+    def act(module, args, output):
         open_, gate.open = gate.open, None
         if open_ is None or open_.shape[:-1] != output.shape[:-1]:
             return output
+        if gate.shift is not None:
+            output = output + open_ * (shift_rate * gate.shift).to(output.dtype)
         return output * torch.where(open_, scale, 1.0).to(output.dtype)
 
-    return norm.register_forward_hook(divide)
+    return norm.register_forward_hook(act)
 
 
-def final_norm(model: nn.Module, temperature: float) -> nn.Module:
-    """The causal LM's final norm, whose output `sharpen` scales, or a ValueError naming
-    `adapter.centre.temperature` where the logits are not that output times the head's weight.
-    Works on the checkpoint's architecture on the meta device (`training.meta_model`), so the
-    job refuses such a model before any weights load, as it refuses unknown target modules."""
+def final_norm(model: nn.Module, temperature: float = 1.0, shift_rate: float = 0.0) -> nn.Module:
+    """The causal LM's final norm, whose output `at_the_number` changes, or a ValueError naming
+    the option set (`adapter.centre.temperature`, `adapter.centre.shift_rate`) where the logits
+    are not that output times the head's weight. Works on the checkpoint's architecture on the
+    meta device (`training.meta_model`), so the job refuses such a model before any weights
+    load, as it refuses unknown target modules."""
     norm = getattr(getattr(model, "base_model", None), "norm", None)
     softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
     if norm is None or model.get_output_embeddings().bias is not None or softcap is not None:
+        options = {
+            "adapter.centre.temperature": (temperature, temperature != 1.0, 1),
+            "adapter.centre.shift_rate": (shift_rate, shift_rate != 0.0, 0),
+        }
+        named = [(key, value, off) for key, (value, on, off) in options.items() if on]
         raise ValueError(
-            f"adapter.centre.temperature={temperature}: this model's logits are not its final "
-            "norm's output times the head's weight (a head bias, a logit soft-cap, or no "
-            "`norm` on its decoder), so they cannot be divided where the gate is open. Fix: "
-            "adapter.centre.temperature=1"
+            f"{', '.join(f'{key}={value}' for key, value, _ in named)}: this model's logits "
+            "are not its final norm's output times the head's weight (a head bias, a logit "
+            "soft-cap, or no `norm` on its decoder), so they cannot be changed where the gate "
+            f"is open. Fix: {' '.join(f'{key}={off}' for key, _, off in named)}"
         )
     return norm
 
@@ -264,6 +293,16 @@ def restore(checkpoint: str, centres: dict[str, CentredInput]) -> None:
             if stored not in saved:
                 raise no_centre(checkpoint, name)
             getattr(centred, buffer).copy_(saved[stored])
+        if centred.shift is not None:
+            stored = f"{name}.lora_dropout.shift"
+            if stored not in saved:
+                raise ConfigError(
+                    f"adapter.centre.shift_rate: {checkpoint} holds no shift for {name} (it "
+                    "was trained with adapter.centre.shift_rate=0). Fix: resume with the "
+                    "settings it was trained with, or train in a new folder"
+                )
+            with torch.no_grad():
+                centred.shift.copy_(saved[stored])
 
 
 def no_centre(checkpoint: str, layer: str) -> ConfigError:

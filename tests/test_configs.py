@@ -127,6 +127,8 @@ BEFORE_TORCH = [
      "a gate that never opens"),
     (["adapter=readout", "adapter.centre.temperature=0"], "adapter.centre.temperature",
      "logits divided by zero"),
+    (["adapter=readout", "adapter.centre.shift_rate=-1"], "adapter.centre.shift_rate",
+     "a shift that moves against its gradient"),
     (["+trainer.grpo.seed=3"], "trainer.grpo.seed", "entropic sets the seed from `seed`"),
     (["compute.device=tpu"], "compute.device", "a section built after the trainer's"),
 ]  # fmt: skip

@@ -137,7 +137,7 @@ def test_the_digit_temperature_divides_the_logits_where_the_gate_is_open(tmp_pat
     # the gate opens at that position alone: its input is the mean, every other one is far
     centre.mean.copy_(inputs[0][position])
     centre.radius.fill_(1e-3)
-    readout.sharpen(model, centres, 0.5)
+    readout.at_the_number(model, centres, temperature=0.5)
     sharp = logits(model, ids[row : row + 1])[0]
     expected = plain.clone()
     expected[position] *= 2
@@ -163,6 +163,67 @@ def test_the_digit_temperature_divides_the_logits_where_the_gate_is_open(tmp_pat
         torch.testing.assert_close(logits(model, ids[row : row + 1])[0], plain)
 
 
+def test_the_level_shift_moves_the_logits_where_the_gate_is_open(tmp_path):
+    trainer, _ = tiny_trainer(tmp_path, READOUT)
+    model = trainer.model.eval()
+    centres = readout.install(model)
+    (centre,) = centres.values()
+    (layer,) = readout.lora_layers(model).values()
+    ids = torch.randint(5, 200, (1, 9), generator=torch.Generator().manual_seed(2))
+    position = 6
+    inputs = []
+    hook = layer.register_forward_pre_hook(lambda module, args: inputs.append(args[0][0]))
+    plain = logits(model, ids)[0]
+    hook.remove()
+    centre.mean.copy_(inputs[0][position])
+    centre.radius.fill_(1e-3)
+    readout.at_the_number(model, centres, temperature=0.5, shift_rate=2.0)
+    # why: the shift starts at zero, so a fresh one leaves the model as it was, but for the
+    # temperature
+    start = plain.clone()
+    start[position] *= 2
+    torch.testing.assert_close(logits(model, ids)[0], start)
+    shift = torch.randn(centre.shift.shape, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        centre.shift.copy_(shift)
+    head = model.get_output_embeddings().weight
+    # the head is linear in the norm's output h (no bias): logits = head @ h, so at the open
+    # position head @ (h + 2 * shift) / 0.5 = 2 * plain + 4 * head @ shift; elsewhere plain
+    expected = plain.clone()
+    expected[position] = 2 * plain[position] + 4 * head @ shift
+    torch.testing.assert_close(logits(model, ids)[0], expected)
+
+
+def test_the_level_shift_trains_saves_and_resumes(tmp_path):
+    shifted = [*READOUT, "adapter.centre.shift_rate=1.0"]
+    trainer, config = tiny_trainer(tmp_path / "first", shifted)
+    centres = readout.install(trainer.model)
+    (centre,) = centres.values()
+    centre.radius.fill_(1e9)  # open everywhere, so the shift is in every token's logits
+    readout.at_the_number(trainer.model, centres, shift_rate=config.adapter.centre.shift_rate)
+    trainer.train()
+    trained = centre.shift.detach().clone()
+    # why: the shift is a parameter GRPO's optimizer holds: two steps at a high rate move it
+    assert trained.abs().max() > 0
+    checkpoint = tmp_path / "first" / "checkpoint-2"
+    saved = load_file(checkpoint / readout.ADAPTER_FILE)
+    assert torch.equal(saved["base_model.model.model.layers.1.mlp.down_proj.lora_dropout.shift"],
+                       trained)  # fmt: skip
+
+    resumed, _ = tiny_trainer(tmp_path / "second", shifted)
+    fresh = readout.install(resumed.model)
+    readout.at_the_number(resumed.model, fresh, shift_rate=1.0)
+    readout.restore(str(checkpoint), fresh)
+    assert torch.equal(next(iter(fresh.values())).shift, trained)
+
+    # why: a read-out trained without a shift cannot resume one that has it
+    plain, _ = tiny_trainer(tmp_path / "plain", READOUT)
+    readout.install(plain.model)
+    plain.train()
+    with pytest.raises(ConfigError, match="holds no shift .* Fix: "):
+        readout.restore(str(tmp_path / "plain" / "checkpoint-2"), fresh)
+
+
 def test_a_digit_temperature_is_refused_where_logits_are_not_linear_in_the_norm(tmp_path):
     trainer, config = tiny_trainer(tmp_path, READOUT)
     centres = readout.install(trainer.model)
@@ -175,9 +236,14 @@ def test_a_digit_temperature_is_refused_where_logits_are_not_linear_in_the_norm(
         readout.final_norm(architecture, 0.5)
     trainer.model.get_base_model().config.final_logit_softcapping = 30.0
     with pytest.raises(ValueError, match="adapter.centre.temperature=0.5: .* Fix: "):
-        readout.sharpen(trainer.model, centres, 0.5)
-    # why: temperature 1 changes nothing, so no model is refused it
-    assert readout.sharpen(trainer.model, centres, 1.0) is None
+        readout.at_the_number(trainer.model, centres, temperature=0.5)
+    with pytest.raises(
+        ValueError,
+        match="adapter.centre.shift_rate=2.0: .* Fix: adapter.centre.shift_rate=0$",
+    ):
+        readout.at_the_number(trainer.model, centres, shift_rate=2.0)
+    # why: temperature 1 and no shift change nothing, so no model is refused them
+    assert readout.at_the_number(trainer.model, centres, 1.0, 0.0) is None
 
 
 def test_a_readout_checkpoint_saves_its_centre_and_resumes_with_it(tmp_path):

@@ -299,7 +299,8 @@ def centre_readout(context: RunContext, trainer, client, run_id) -> None:
     from the base model's greedy answers to the training pool's first questions, or from the
     checkpoint a resumed run continues."""
     centres = readout.install(trainer.model)
-    readout.sharpen(trainer.model, centres, context.config.adapter.centre.temperature)
+    centre = context.config.adapter.centre
+    readout.at_the_number(trainer.model, centres, centre.temperature, centre.shift_rate)
     if context.resume_from:
         readout.restore(context.resume_from, centres)
         return

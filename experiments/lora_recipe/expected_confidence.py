@@ -111,10 +111,14 @@ def main() -> None:
         if saved["adapter"].get("centre") is not None:
             # a read-out (adapter=readout): its gate is not a peft module; put it back in the
             # LoRA layers and fill it from the same adapter file, as the job's resume does
+            centre = saved["adapter"]["centre"]
             centres = readout.install(model)
+            # the distribution the run trained and sampled: its digit temperature and its
+            # level's shift included (the shift is filled from the adapter file, as the rest)
+            readout.at_the_number(
+                model, centres, centre.get("temperature", 1.0), centre.get("shift_rate", 0.0)
+            )
             readout.restore(str(adapter), centres)
-            # the distribution the run trained and sampled: its digit temperature included
-            readout.sharpen(model, centres, saved["adapter"]["centre"].get("temperature", 1.0))
     model.eval()
     digits = digit_ids(tokenizer)
 
