@@ -243,7 +243,9 @@ def fit(
         with model.disable_adapter():
             rows = number_positions(model, tokenizer, questions, config)
             if len(rows) < 2:
-                raise ValueError(
+                # input the job cannot check before the base model answers: a ConfigError
+                # (exit 2, the fix), and the run it opened ends FAILED
+                raise ConfigError(
                     f"adapter.centre: {len(rows)} of {len(questions)} greedy answers state a "
                     "number; a mean needs two or more. Fix: raise adapter.centre.questions, "
                     "or use a model that follows the prompt's answer format"

@@ -403,6 +403,27 @@ def test_the_fit_centres_where_the_real_model_writes_its_number(tmp_path, embedd
     assert fitted["answers"] == len(rows)
 
 
+def test_a_model_that_states_no_number_is_refused_and_its_run_marked_failed(tmp_path, mlflow_uri):
+    # the tiny random model never writes "Confidence: <number>", so the fit has no position to
+    # centre on; that is known only once the base model has answered
+    cfg = compose_config(
+        [
+            *TINY,
+            "adapter=readout",
+            "trainer.loss_tokens=first_digit",
+            "adapter.centre.questions=4",
+            "eval.sets.elements=null",
+            "eval.sets.arithmetic=null",
+            f"tracking.tracking_uri={mlflow_uri}",
+        ],
+        tmp_path / "run",
+    )
+    with pytest.raises(ConfigError, match="0 of 4 greedy answers state a number.* Fix: "):
+        jobs.run(cfg)
+    # why: the run was open when the fit refused it; it ends FAILED, not RUNNING
+    assert only_run(MlflowClient(mlflow_uri)).info.status == "FAILED"
+
+
 def test_a_readout_job_fits_its_centre_once_and_resumes_with_it(
     tmp_path, mlflow_uri, monkeypatch, capsys, embedded_checkpoint
 ):
