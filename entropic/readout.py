@@ -115,10 +115,10 @@ def at_the_number(
     refused. The deepest centre's gate is read, in the same forward that computed it; with the
     adapters switched off (`disable_adapter`, the fit) no gate runs and nothing changes.
     Returns the hook's handle, or None where neither option is set."""
-    if temperature == 1.0 and shift_rate == 0.0:
-        return None
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     norm = final_norm(base, temperature, shift_rate)
+    if norm is None:
+        return None
     gate = list(centres.values())[-1]
     scale = 1.0 / temperature
     if shift_rate > 0:
@@ -131,25 +131,32 @@ def at_the_number(
             return output
         if gate.shift is not None:
             output = output + open_ * (shift_rate * gate.shift).to(output.dtype)
-        return output * torch.where(open_, scale, 1.0).to(output.dtype)
+        if scale != 1.0:
+            output = output * torch.where(open_, scale, 1.0).to(output.dtype)
+        return output
 
     return norm.register_forward_hook(act)
 
 
-def final_norm(model: nn.Module, temperature: float = 1.0, shift_rate: float = 0.0) -> nn.Module:
-    """The causal LM's final norm, whose output `at_the_number` changes, or a ValueError naming
-    the option set (`adapter.centre.temperature`, `adapter.centre.shift_rate`) where the logits
-    are not that output times the head's weight. Works on the checkpoint's architecture on the
-    meta device (`training.meta_model`), so the job refuses such a model before any weights
-    load, as it refuses unknown target modules."""
+def final_norm(
+    model: nn.Module, temperature: float = 1.0, shift_rate: float = 0.0
+) -> nn.Module | None:
+    """The causal LM's final norm, whose output `at_the_number` changes; None where neither
+    option is set (every model takes that); or a ValueError naming the option set
+    (`adapter.centre.temperature`, `adapter.centre.shift_rate`) where the logits are not that
+    output times the head's weight. Works on the checkpoint's architecture on the meta device
+    (`training.meta_model`), so the job refuses such a model before any weights load, as it
+    refuses unknown target modules."""
+    options = (
+        ("adapter.centre.temperature", temperature, 1),
+        ("adapter.centre.shift_rate", shift_rate, 0),
+    )
+    named = [(key, value, off) for key, value, off in options if value != off]
+    if not named:
+        return None
     norm = getattr(getattr(model, "base_model", None), "norm", None)
     softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
     if norm is None or model.get_output_embeddings().bias is not None or softcap is not None:
-        options = {
-            "adapter.centre.temperature": (temperature, temperature != 1.0, 1),
-            "adapter.centre.shift_rate": (shift_rate, shift_rate != 0.0, 0),
-        }
-        named = [(key, value, off) for key, (value, on, off) in options.items() if on]
         raise ValueError(
             f"{', '.join(f'{key}={value}' for key, value, _ in named)}: this model's logits "
             "are not its final norm's output times the head's weight (a head bias, a logit "

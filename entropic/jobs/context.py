@@ -176,7 +176,7 @@ def prepare(cfg: DictConfig) -> RunContext:
         with rejected_input():
             check_target_modules(config.adapter, policy.checkpoint)
     centre = config.adapter.centre
-    if config.train and centre is not None and (centre.temperature != 1 or centre.shift_rate):
+    if config.train and centre is not None:
         with rejected_input():
             readout.final_norm(meta_model(policy.checkpoint), centre.temperature, centre.shift_rate)
     clusterer = checked_clusterer(config) if rule.needs_stability else None
