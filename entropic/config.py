@@ -119,7 +119,8 @@ class CentreConfig:
     temperature: float = 1.0
     # a shift of the logits there, the same for every answer, trained from zero at this x the
     # adapter's learning rate: the number's level moves apart from the split the centred
-    # read-out learns (0: no shift; the read-out alone barely moves the level, p51-p52)
+    # read-out learns (0: no shift; the read-out alone barely moves the level, p51-p52;
+    # conf/adapter/readout.yaml sets 1.0, readout_mixed's recipe p60)
     shift_rate: float = 0.0
 
     def __post_init__(self) -> None:
