@@ -33,8 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import OmegaConf
-from peft import get_peft_model, set_peft_model_state_dict
-from safetensors.torch import load_file
+from peft import PeftModel
 
 from entropic import readout
 from entropic.evaluate import evaluate
@@ -42,7 +41,7 @@ from entropic.generation import chat_prompt_ids, left_pad
 from entropic.jobs.context import prepare
 from entropic.metrics import auroc, brier_score, expected_calibration_error
 from entropic.prompting import build_messages
-from entropic.training import first_digit, last_checkpoint, peft_config
+from entropic.training import first_digit, last_checkpoint
 
 DIGITS = torch.arange(10, dtype=torch.float32)
 VALUES = DIGITS / 10
@@ -57,15 +56,14 @@ def load_trained(run_dir: Path, checkpoint: str | None):
     if config.adapter.centre is None:
         raise SystemExit(f"{run_dir} did not train a read-out (adapter=readout)")
     checkpoint = str(run_dir / checkpoint) if checkpoint else last_checkpoint(str(run_dir))
-    model = get_peft_model(
-        context.policy.load_model(), peft_config(config.adapter, context.policy.checkpoint)
-    )
+    # as expected_confidence.py loads one: peft's adapter, then the gate, which is no peft
+    # module, put back in the LoRA layers and filled from the same file
+    model = PeftModel.from_pretrained(context.policy.load_model(), checkpoint)
     centres = readout.install(model)
     readout.at_the_number(
         model, centres, config.adapter.centre.temperature, config.adapter.centre.shift_rate
     )
     readout.restore(checkpoint, centres)
-    set_peft_model_state_dict(model, load_file(f"{checkpoint}/{readout.ADAPTER_FILE}"))
     return context, model.eval()
 
 
@@ -146,12 +144,11 @@ def scores(confidence: np.ndarray, correct: np.ndarray) -> dict[str, float]:
     }
 
 
-def row(run: str, variant: str, held: dict, pool: dict | None) -> str:
-    fitted = f"{pool['brier']:.3f} ({pool['constant']:.3f})" if pool else ""
+def row(run: str, variant: str, held: dict, pool: dict) -> str:
     return (
         f"| {run} | {variant} | {held['auroc']:.3f} | {held['ece']:.3f} | "
         f"{held['brier']:.3f} ({held['constant']:.3f}) | {held['right']:.3f} / "
-        f"{held['wrong']:.3f} | {held['distinct']} | {fitted} |"
+        f"{held['wrong']:.3f} | {held['distinct']} | {pool['brier']:.3f} ({pool['constant']:.3f}) |"
     )
 
 
