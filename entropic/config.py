@@ -122,6 +122,11 @@ class CentreConfig:
     # read-out learns (0: no shift; the read-out alone barely moves the level, p51-p52;
     # conf/adapter/readout.yaml sets 1.0, readout_mixed's recipe p60)
     shift_rate: float = 0.0
+    # two more gates, where the number's first digit was 1 and where it was "10" (the model
+    # chooses there between 10-19, 100 and the end), each with its own mean, radius and shift:
+    # the digit 1 starts 100 as well, and without them every run pushes it down, a floor of 20
+    # (experiments/lora_recipe/README.md, p63). Needs trainer.loss_tokens=number
+    after_one: bool = False
 
     def __post_init__(self) -> None:
         _require(
@@ -408,7 +413,7 @@ class SemanticConfig:
         _one_of(self.method, SEMANTIC_METHODS, "semantic.method")
 
 
-LOSS_TOKENS = ("all", "confidence", "first_digit")
+LOSS_TOKENS = ("all", "confidence", "first_digit", "number")
 # trl.GRPOConfig fields entropic fills in from another key, and that key: a pass-through
 # (trainer.grpo.<field>) of one of them is refused, naming the key that sets it
 TRL_FIELDS_SET_ELSEWHERE = {
@@ -480,8 +485,9 @@ class TrainerConfig:
     gradient_checkpointing: bool = False
     # which completion tokens the policy-gradient loss covers: all | confidence (from the
     # `Confidence` key on; the answer tokens then keep the base model's distribution up to the
-    # shared weights) | first_digit (the number's first digit alone, for adapter=readout)
-    # (entropic's own)
+    # shared weights) | first_digit (the number's first digit alone, for adapter=readout) |
+    # number (the first digit, and after a first 1 the tokens that choose 10-19, 100 or the
+    # end, for adapter.centre.after_one) (entropic's own)
     loss_tokens: str = "all"
     # confidences sampled after each sampled answer (1: one completion per answer, as the
     # reference). K > 1: the G completions of a question are G / K answers with K confidences
@@ -1241,6 +1247,13 @@ def check_readout(config: RunConfig) -> None:
         "adapter.centre",
         "ZeRO-3 shards the read-out's layer across ranks",
         "compute=multi_gpu (or zero2) with adapter=readout",
+    )
+    _require(
+        not config.adapter.centre.after_one or config.trainer.loss_tokens == "number",
+        "adapter.centre.after_one",
+        f"trainer.loss_tokens={config.trainer.loss_tokens} leaves the tokens after a first 1 "
+        "out of the loss, so their gates would learn nothing",
+        "trainer.loss_tokens=number with adapter.centre.after_one=true",
     )
 
 

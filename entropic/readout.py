@@ -24,6 +24,12 @@ scored at a temperature of its own while the answer keeps the rollout's (greedy 
 the same number either way); `adapter.centre.shift_rate` adds a trained shift to them, the same
 for every answer, so the number's level can move apart from the split the centred read-out
 learns (a centred input has no constant for the LoRA to scale).
+
+The digit 1 starts 10-19 and 100 alike, so a read-out that acts on the first digit alone cannot
+state 10-19 without risking 100. `adapter.centre.after_one` adds two gates, fitted the same way
+where the base model's greedy numbers wrote a first 1 and "10" (the model chooses there between
+10-19, 100 and the end), each with its own mean, radius and shift; `trainer.loss_tokens=number`
+puts those tokens in the loss.
 """
 
 from __future__ import annotations
@@ -51,23 +57,51 @@ BATCH = 16
 
 class CentredInput(nn.Module):
     """The input a LoRA layer's adapter reads: x - mean + level where x lies within radius of
-    the mean, zero elsewhere. Buffers, so peft saves and reloads them with the adapter."""
+    the mean, zero elsewhere. Buffers, so peft saves and reloads them with the adapter.
 
-    def __init__(self, width: int):
+    `after` > 0 adds that many further gates (`adapter.centre.after_one`: the positions after a
+    first digit 1, and after "10"), each a mean and a radius of its own: the adapter reads x
+    centred by the nearest mean whose gate is open (nearest in units of that gate's radius),
+    with the level at the first gate alone."""
+
+    def __init__(self, width: int, after: int = 0):
         super().__init__()
         self.register_buffer("mean", torch.zeros(width))
         self.register_buffer("level", torch.zeros(width))
         self.register_buffer("radius", torch.zeros(()))
-        # where the gate was open in the forward under way, for `at_the_number` (not saved)
+        if after:
+            self.register_buffer("after_mean", torch.zeros(after, width))
+            self.register_buffer("after_radius", torch.zeros(after))
+        self.after = after
+        # where the gate was open in the forward under way, for `at_the_number` (not saved),
+        # and which gate (0: the first digit's, j: the j-th `after` gate)
         self.open: torch.Tensor | None = None
-        # the level's shift at the final norm (`at_the_number`), on the deepest centre alone
+        self.which: torch.Tensor | None = None
+        # the level's shift at the final norm (`at_the_number`), on the deepest centre alone:
+        # one for the first gate, and `after_shift` one per further gate
         self.shift: nn.Parameter | None = None
+        self.after_shift: nn.Parameter | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         centred = x - self.mean.to(x.dtype)
-        near = centred.norm(dim=-1, keepdim=True) < self.radius
-        self.open = near
-        return (centred + self.level.to(x.dtype)) * near
+        distance = centred.norm(dim=-1, keepdim=True)
+        near = distance < self.radius
+        if not self.after:
+            self.open = near
+            return (centred + self.level.to(x.dtype)) * near
+        # every gate's centred input and its distance in units of its radius; a closed gate
+        # (out of reach, or not yet fitted: radius 0) counts as infinitely far
+        others = x.unsqueeze(-2) - self.after_mean.to(x.dtype)
+        each = torch.cat([centred.unsqueeze(-2), others], dim=-2)
+        distances = torch.cat([distance, others.norm(dim=-1)], dim=-1)
+        radii = torch.cat([self.radius.reshape(1), self.after_radius]).to(distances.dtype)
+        ratio = torch.where(distances < radii, distances / radii, torch.inf)
+        which = ratio.argmin(dim=-1)
+        self.open = ratio.gather(-1, which.unsqueeze(-1)).isfinite()
+        self.which = which
+        chosen = each.gather(-2, which[..., None, None].expand(*which.shape, 1, x.shape[-1]))
+        level = self.level.to(x.dtype) * (which == 0).unsqueeze(-1)
+        return (chosen.squeeze(-2) + level) * self.open
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoraLayer]:
@@ -75,16 +109,17 @@ def lora_layers(model: nn.Module) -> dict[str, LoraLayer]:
     return {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer)}
 
 
-def install(model: nn.Module) -> dict[str, CentredInput]:
+def install(model: nn.Module, after: int = 0) -> dict[str, CentredInput]:
     """Put a zero `CentredInput` (a closed gate: the adapter reads zero) in the dropout slot of
-    every LoRA layer's adapters; `fit` or a checkpoint fills it."""
+    every LoRA layer's adapters, with `after` further gates (`gates`); `fit` or a checkpoint
+    fills it."""
     layers = lora_layers(model)
     if not layers:
         raise ValueError("adapter.centre: the model has no LoRA layers to centre")
     installed = {}
     for name, layer in layers.items():
         for adapter in layer.lora_dropout:
-            centred = CentredInput(layer.in_features).to(layer.lora_A[adapter].weight.device)
+            centred = CentredInput(layer.in_features, after).to(layer.lora_A[adapter].weight.device)
             layer.lora_dropout[adapter] = centred
             installed[f"{name}.{adapter}"] = centred
     return installed
@@ -109,7 +144,9 @@ def at_the_number(
     on the deepest centre so peft saves and reloads it with the adapter: the same shift for
     every answer, so the number's level can move apart from the split the centred LoRA learns.
     Adam moves each of its entries by about the learning rate a step, so the shift moves
-    shift_rate x as fast as a weight (the rate of its own, without an optimizer group).
+    shift_rate x as fast as a weight (the rate of its own, without an optimizer group). A
+    centre with further gates (`adapter.centre.after_one`) has a shift of its own for each
+    (`after_shift`): what follows a first 1 moves apart from the first digit.
 
     A head with a bias or a logit soft-cap would not map the norm's output linearly, and is
     refused. The deepest centre's gate is read, in the same forward that computed it; with the
@@ -124,12 +161,21 @@ def at_the_number(
     if shift_rate > 0:
         width = norm.weight.shape[0]
         gate.shift = nn.Parameter(torch.zeros(width, device=norm.weight.device))
+        if gate.after:
+            gate.after_shift = nn.Parameter(
+                torch.zeros(gate.after, width, device=norm.weight.device)
+            )
 
     def act(module, args, output):
         open_, gate.open = gate.open, None
+        which, gate.which = gate.which, None
         if open_ is None or open_.shape[:-1] != output.shape[:-1]:
             return output
-        if gate.shift is not None:
+        if gate.after_shift is not None:
+            # each open position takes its own gate's shift
+            shifts = torch.cat([gate.shift.unsqueeze(0), gate.after_shift])
+            output = output + open_ * (shift_rate * shifts[which]).to(output.dtype)
+        elif gate.shift is not None:
             output = output + open_ * (shift_rate * gate.shift).to(output.dtype)
         if scale != 1.0:
             output = output * torch.where(open_, scale, 1.0).to(output.dtype)
@@ -166,23 +212,41 @@ def final_norm(
     return norm
 
 
+# the further gates of `adapter.centre.after_one`: the tokens of a first digit 1 that come before
+# each (after "1" the model chooses 10-19 or goes on; after "10", the end or 100)
+AFTER_ONE = (("1",), ("1", "0"))
+
+
+def gates(centre: CentreConfig) -> int:
+    """How many further gates a read-out with these settings has (`CentredInput`'s `after`)."""
+    return len(AFTER_ONE) if centre.after_one else 0
+
+
 def number_positions(
     model, tokenizer, questions: datasets.Dataset, config: RunConfig
-) -> list[list[int]]:
-    """Token ids of prompt + greedy answer up to the stated number's first digit (the model's
-    next token is that digit), one row per answer that states a number."""
+) -> list[list[list[int]]]:
+    """Token ids of prompt + greedy answer up to where each gate sits, one list of rows per gate:
+    first, up to the stated number's first digit (the model's next token is that digit), one row
+    per answer that states a number; then, with `adapter.centre.after_one`, up to and including
+    a first digit 1, and up to "10" (`AFTER_ONE`), one row per answer whose number starts so."""
     predictions, _ = evaluate(
         model, tokenizer, questions, config.prompt, config.eval, config.generation.name
     )
-    rows = []
+    after = AFTER_ONE if config.adapter.centre and config.adapter.centre.after_one else ()
+    rows: list[list[list[int]]] = [[] for _ in range(1 + len(after))]
     for question, completion in zip(
         predictions["question"], predictions["completion"], strict=True
     ):
         ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
         digit = first_digit(ids, tokenizer, config.prompt.format)
-        if digit is not None:
-            prompt = chat_prompt_ids(tokenizer, [build_messages(question, config.prompt)])[0]
-            rows.append(prompt + ids[:digit])
+        if digit is None:
+            continue
+        prompt = chat_prompt_ids(tokenizer, [build_messages(question, config.prompt)])[0]
+        rows[0].append(prompt + ids[:digit])
+        for gate, start in enumerate(after, 1):
+            written = ids[digit : digit + len(start)]
+            if tuple(tokenizer.decode([i]) for i in written) == start:
+                rows[gate].append(prompt + ids[: digit + len(start)])
     return rows
 
 
@@ -238,8 +302,10 @@ def fit(
     centres: dict[str, CentredInput],
 ) -> dict[str, float]:
     """Fill the installed centres from the base model's greedy answers to `questions` (a
-    PeftModel, its adapters switched off for the fit) and its inputs there. Returns
-    what a run logs: the answers used and, over the layers, the median distance and radius."""
+    PeftModel, its adapters switched off for the fit) and its inputs there: each gate's mean,
+    and a radius of `adapter.centre.radius` times its own median distance. Returns what a run
+    logs: the answers used (for each further gate, those that reach it) and, over the layers,
+    the first gate's median distance and radius."""
     cfg: CentreConfig = config.adapter.centre
     layers = lora_layers(model)
     was_training = model.training
@@ -249,32 +315,50 @@ def fit(
         # each LoRA layer's input)
         with model.disable_adapter():
             rows = number_positions(model, tokenizer, questions, config)
-            if len(rows) < 2:
+            if len(rows[0]) < 2:
                 # input the job cannot check before the base model answers: a ConfigError
                 # (exit 2, the fix), and the run it opened ends FAILED
                 raise ConfigError(
-                    f"adapter.centre: {len(rows)} of {len(questions)} greedy answers state a "
-                    "number; a mean needs two or more. Fix: raise adapter.centre.questions, "
+                    f"adapter.centre: {len(rows[0])} of {len(questions)} greedy answers state "
+                    "a number; a mean needs two or more. Fix: raise adapter.centre.questions, "
                     "or use a model that follows the prompt's answer format"
                 )
-            inputs = layer_inputs(model, rows, layers)
+            for start, found in zip(AFTER_ONE, rows[1:], strict=False):
+                if len(found) < 2:
+                    raise ConfigError(
+                        f"adapter.centre.after_one: {len(found)} of {len(questions)} greedy "
+                        f"answers state a number starting {''.join(start)!r}; a gate there "
+                        "needs two or more. Fix: raise adapter.centre.questions, or "
+                        "adapter.centre.after_one=false"
+                    )
+            inputs = [layer_inputs(model, found, layers) for found in rows]
     finally:
         model.train(was_training)
     medians, radii = [], []
     for key, centred in centres.items():
-        x = inputs[key.rsplit(".", 1)[0]]
-        mean = x.mean(0)
-        median = (x - mean).norm(dim=1).median()
+        name = key.rsplit(".", 1)[0]
+        spread = []
+        for gate in inputs:
+            x = gate[name]
+            mean = x.mean(0)
+            spread.append((mean, (x - mean).norm(dim=1).median()))
+        (mean, median), further = spread[0], spread[1:]
         centred.mean.copy_(mean)
         centred.radius.fill_(float(cfg.radius * median))
         centred.level.copy_(cfg.level * median * mean / mean.norm())
+        for j, (after_mean, after_median) in enumerate(further):
+            centred.after_mean[j].copy_(after_mean)
+            centred.after_radius[j] = cfg.radius * after_median
         medians.append(float(median))
         radii.append(float(centred.radius))
-    return {
-        "answers": float(len(rows)),
+    fitted = {
+        "answers": float(len(rows[0])),
         "median_distance": sum(medians) / len(medians),
         "radius": sum(radii) / len(radii),
     }
+    for start, found in zip(AFTER_ONE, rows[1:], strict=False):
+        fitted[f"answers_after_{''.join(start)}"] = float(len(found))
+    return fitted
 
 
 def check_resume(config: RunConfig, checkpoint: str | None) -> None:
@@ -302,16 +386,31 @@ def restore(checkpoint: str, centres: dict[str, CentredInput]) -> None:
             if stored not in saved:
                 raise no_centre(checkpoint, name)
             getattr(centred, buffer).copy_(saved[stored])
-        if centred.shift is not None:
-            stored = f"{name}.lora_dropout.shift"
+        if centred.after:
+            for buffer in ("after_mean", "after_radius"):
+                stored = f"{name}.lora_dropout.{buffer}"
+                if stored not in saved or saved[stored].shape != getattr(centred, buffer).shape:
+                    raise trained_without(
+                        checkpoint, name, "gates after a first 1", "after_one=false"
+                    )
+                getattr(centred, buffer).copy_(saved[stored])
+        for parameter in ("shift", "after_shift"):
+            if getattr(centred, parameter) is None:
+                continue
+            stored = f"{name}.lora_dropout.{parameter}"
             if stored not in saved:
-                raise ConfigError(
-                    f"adapter.centre.shift_rate: {checkpoint} holds no shift for {name} (it "
-                    "was trained with adapter.centre.shift_rate=0). Fix: resume with the "
-                    "settings it was trained with, or train in a new folder"
-                )
+                raise trained_without(checkpoint, name, "shift", "shift_rate=0")
             with torch.no_grad():
-                centred.shift.copy_(saved[stored])
+                getattr(centred, parameter).copy_(saved[stored])
+
+
+def trained_without(checkpoint: str, name: str, what: str, off: str) -> ConfigError:
+    key = off.split("=")[0]
+    return ConfigError(
+        f"adapter.centre.{key}: {checkpoint} holds no {what} for {name} (it was trained with "
+        f"adapter.centre.{off}). Fix: resume with the settings it was trained with, or train "
+        "in a new folder"
+    )
 
 
 def no_centre(checkpoint: str, layer: str) -> ConfigError:

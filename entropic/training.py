@@ -211,6 +211,22 @@ def first_digit_mask(completion_ids: list[int], tokenizer, fmt: str = "lines") -
     return [int(i == digit) for i in range(len(completion_ids))]
 
 
+def number_mask(completion_ids: list[int], tokenizer, fmt: str = "lines") -> list[int]:
+    """`first_digit_mask`, and where that digit is 1 the tokens at the read-out's further gates
+    (`adapter.centre.after_one`): the one after the 1, and after "10" the next (the choice of
+    10-19, 100 or the end)."""
+    mask = first_digit_mask(completion_ids, tokenizer, fmt)
+    digit = first_digit(completion_ids, tokenizer, fmt)
+    if digit is None:
+        return mask
+    written = [tokenizer.decode([i]) for i in completion_ids[digit : digit + 2]]
+    if written[:1] == ["1"] and digit + 1 < len(completion_ids):
+        mask[digit + 1] = 1
+        if written == ["1", "0"] and digit + 2 < len(completion_ids):
+            mask[digit + 2] = 1
+    return mask
+
+
 def confidence_mask(completion_ids: list[int], tokenizer, fmt: str = "lines") -> list[int]:
     """1 for the tokens from the `Confidence` key on, 0 for the answer before it.
 
@@ -238,7 +254,11 @@ def trl_rollout(prompts: list, trainer: GRPOTrainer) -> dict:
     return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": logprobs}
 
 
-LOSS_MASKS = {"confidence": confidence_mask, "first_digit": first_digit_mask}
+LOSS_MASKS = {
+    "confidence": confidence_mask,
+    "first_digit": first_digit_mask,
+    "number": number_mask,
+}
 
 
 def with_confidence_mask(

@@ -15,7 +15,7 @@ from entropic import jobs, models, readout
 from entropic.config import ConfigError, RunConfig
 from entropic.jobs import train as train_job
 from entropic.prefix_scoring import shared_prefix_calls
-from entropic.training import first_digit_mask, meta_model, peft_config
+from entropic.training import first_digit_mask, meta_model, number_mask, peft_config
 from tests.conftest import compose_config
 from tests.test_resume import TINY, CtrlC, only_run, with_callback
 from tests.test_training import QUESTIONS, tiny_trainer
@@ -42,6 +42,28 @@ def test_the_centred_input_by_hand():
     # why: a fresh centre (radius 0) is a closed gate, so an installed but unfitted read-out
     # reads nothing
     assert torch.equal(readout.CentredInput(3)(x), torch.zeros(3, 3))
+
+
+def test_further_gates_centre_by_the_nearest_open_mean_by_hand():
+    centred = readout.CentredInput(2, after=2)
+    centred.mean.copy_(torch.tensor([0.0, 0.0]))
+    centred.level.copy_(torch.tensor([0.5, 0.0]))
+    centred.radius.fill_(1.0)
+    centred.after_mean.copy_(torch.tensor([[10.0, 0.0], [13.0, 0.0]]))
+    centred.after_radius.copy_(torch.tensor([4.0, 1.0]))
+    x = torch.tensor([[0.5, 0.0], [11.0, 1.0], [12.8, 0.0], [5.5, 0.0], [30.0, 0.0]])
+    # row 0: first gate, distance .5 < 1 -> (0.5, 0) + level (0.5, 0)
+    # row 1: second gate, distance 1.41 of 4 -> (1, 1); the third is 2.24 away, past its 1
+    # row 2: both further gates open, at 2.8 / 4 = .70 and .2 / 1 = .20 of their radii: the
+    #        third is the nearer -> (-0.2, 0), with no level (the level is the first gate's)
+    # row 3: 5.5 from the first mean, 4.5 from the second: every gate shut -> zero
+    # row 4: far from all -> zero
+    expected = torch.tensor([[1.0, 0.0], [1.0, 1.0], [-0.2, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    torch.testing.assert_close(centred(x), expected)
+    assert centred.open[:, 0].tolist() == [True, True, True, False, False]
+    assert centred.which[:3].tolist() == [0, 1, 2]
+    # why: a fresh centre (every radius 0) is shut everywhere
+    assert torch.equal(readout.CentredInput(2, after=2)(x), torch.zeros(5, 2))
 
 
 def test_readout_adapts_the_last_down_proj_alone(tmp_path):
@@ -194,6 +216,37 @@ def test_the_level_shift_moves_the_logits_where_the_gate_is_open(tmp_path):
     torch.testing.assert_close(logits(model, ids)[0], expected)
 
 
+def test_each_further_gate_moves_the_logits_by_its_own_shift(tmp_path):
+    trainer, _ = tiny_trainer(tmp_path, READOUT)
+    model = trainer.model.eval()
+    centres = readout.install(model, after=2)
+    (centre,) = centres.values()
+    (layer,) = readout.lora_layers(model).values()
+    ids = torch.randint(5, 200, (1, 9), generator=torch.Generator().manual_seed(2))
+    inputs = []
+    hook = layer.register_forward_pre_hook(lambda module, args: inputs.append(args[0][0]))
+    plain = logits(model, ids)[0]
+    hook.remove()
+    # the first gate at position 2, the further ones at 5 and 7: each opens there alone
+    centre.mean.copy_(inputs[0][2])
+    centre.radius.fill_(1e-3)
+    centre.after_mean.copy_(inputs[0][[5, 7]])
+    centre.after_radius.fill_(1e-3)
+    readout.at_the_number(model, centres, shift_rate=2.0)
+    assert centre.after_shift.shape == (2, centre.shift.shape[0])
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        centre.shift.copy_(torch.randn(centre.shift.shape, generator=generator))
+        centre.after_shift.copy_(torch.randn(centre.after_shift.shape, generator=generator))
+    head = model.get_output_embeddings().weight
+    # logits = head @ h (no bias): each open position gets 2 x head @ its own gate's shift
+    expected = plain.clone()
+    expected[2] += 2 * head @ centre.shift
+    expected[5] += 2 * head @ centre.after_shift[0]
+    expected[7] += 2 * head @ centre.after_shift[1]
+    torch.testing.assert_close(logits(model, ids)[0], expected)
+
+
 def test_the_level_shift_trains_saves_and_resumes(tmp_path):
     shifted = [*READOUT, "adapter.centre.shift_rate=1.0"]
     trainer, config = tiny_trainer(tmp_path / "first", shifted)
@@ -220,7 +273,41 @@ def test_the_level_shift_trains_saves_and_resumes(tmp_path):
     plain, _ = tiny_trainer(tmp_path / "plain", READOUT)
     readout.install(plain.model)
     plain.train()
-    with pytest.raises(ConfigError, match="holds no shift .* Fix: "):
+    with pytest.raises(ConfigError, match="shift_rate: .* holds no shift .* Fix: "):
+        readout.restore(str(tmp_path / "plain" / "checkpoint-2"), fresh)
+
+
+def test_further_gates_and_their_shifts_save_and_resume(tmp_path):
+    gated = [*READOUT, "adapter.centre.shift_rate=1.0"]
+    trainer, _ = tiny_trainer(tmp_path / "first", gated)
+    centres = readout.install(trainer.model, after=2)
+    (centre,) = centres.values()
+    generator = torch.Generator().manual_seed(4)
+    centre.after_mean.copy_(torch.randn(centre.after_mean.shape, generator=generator))
+    centre.after_radius.copy_(torch.tensor([1e9, 1e9]))  # open everywhere: the shifts train
+    readout.at_the_number(trainer.model, centres, shift_rate=1.0)
+    set_by_hand = centre.after_mean.clone()
+    trainer.train()
+    trained = centre.after_shift.detach().clone()
+    # why: the further gates' shift is a parameter the optimizer holds
+    assert trained.abs().max() > 0
+    checkpoint = tmp_path / "first" / "checkpoint-2"
+
+    resumed, _ = tiny_trainer(tmp_path / "second", gated)
+    fresh = readout.install(resumed.model, after=2)
+    readout.at_the_number(resumed.model, fresh, shift_rate=1.0)
+    readout.restore(str(checkpoint), fresh)
+    (back,) = fresh.values()
+    assert torch.equal(back.after_mean, set_by_hand)
+    assert torch.equal(back.after_radius, torch.tensor([1e9, 1e9]))
+    assert torch.equal(back.after_shift, trained)
+
+    # why: a read-out trained without the further gates cannot resume as one that has them
+    plain, _ = tiny_trainer(tmp_path / "plain", gated)
+    plain_centres = readout.install(plain.model)
+    readout.at_the_number(plain.model, plain_centres, shift_rate=1.0)
+    plain.train()
+    with pytest.raises(ConfigError, match="after_one: .* holds no gates after a first 1 .* Fix: "):
         readout.restore(str(tmp_path / "plain" / "checkpoint-2"), fresh)
 
 
@@ -329,6 +416,10 @@ def test_a_readout_rerun_over_a_plain_checkpoint_is_refused_before_the_run_reope
         (["adapter.centre.questions=0"], "adapter.centre.questions: 0 is not a positive"),
         (["rollout=vllm_colocate"], "adapter.centre: rollout=vllm_colocate generates from"),
         (["compute=zero3"], "adapter.centre: ZeRO-3 shards"),
+        (
+            ["adapter.centre.after_one=true", "trainer.loss_tokens=first_digit"],
+            "adapter.centre.after_one: trainer.loss_tokens=first_digit leaves the tokens",
+        ),
     ],
 )
 def test_what_cannot_carry_the_gate_is_refused_before_any_weights_load(
@@ -367,6 +458,30 @@ def test_the_first_digit_mask_keeps_the_number_first_digit_alone(tokenizer, comp
     assert tokenizer.decode(ids[:at]).rstrip().endswith("Confidence:")
 
 
+@pytest.mark.parametrize(
+    ("completion", "kept"),
+    [
+        # a first digit other than 1: that digit alone, as first_digit
+        ("Answer: Paris\nConfidence: 80", ["8"]),
+        # after a 1 the token that chooses 10-19 or more, and after "10" the next one
+        ("Answer: Paris\nConfidence: 15", ["1", "5"]),
+        ("Answer: 1984\nConfidence: 100", ["1", "0", "0"]),
+        ("Answer: Paris\nConfidence: 10<|im_end|>", ["1", "0", "<|im_end|>"]),
+        ("Answer: Paris\nConfidence: 1", ["1"]),
+    ],
+)
+def test_the_number_mask_keeps_the_tokens_at_the_read_out_gates(tokenizer, completion, kept):
+    ids = tokenizer.encode(completion, add_special_tokens=False)
+    mask = number_mask(ids, tokenizer)
+    assert len(mask) == len(ids)
+    assert [tokenizer.decode([i]) for i, m in zip(ids, mask, strict=True) if m] == kept
+    # independently: the first kept token follows the key
+    assert tokenizer.decode(ids[: mask.index(1)]).rstrip().endswith("Confidence:")
+    # why: without a number every token trains, as with the other masks
+    plain = tokenizer.encode("Answer: Paris", add_special_tokens=False)
+    assert number_mask(plain, tokenizer) == [1] * len(plain)
+
+
 def test_the_fit_centres_where_the_real_model_writes_its_number(tmp_path, embedded_checkpoint):
     config = RunConfig.from_hydra(
         compose_config(["adapter=readout", "compute=cpu", "adapter.centre.radius=5"], tmp_path)
@@ -374,7 +489,7 @@ def test_the_fit_centres_where_the_real_model_writes_its_number(tmp_path, embedd
     model = models.load_model(embedded_checkpoint, torch.float32, "cpu").eval()
     tokenizer = models.load_tokenizer(embedded_checkpoint)
     questions = datasets.Dataset.from_dict(QUESTIONS)
-    rows = readout.number_positions(model, tokenizer, questions, config)
+    (rows,) = readout.number_positions(model, tokenizer, questions, config)
     assert rows  # the embedded model states a number for most of these
     with torch.no_grad():
         for row in rows:
@@ -401,6 +516,52 @@ def test_the_fit_centres_where_the_real_model_writes_its_number(tmp_path, embedd
     torch.testing.assert_close(centre.radius, 5 * median, atol=1e-3, rtol=1e-4)
     assert torch.equal(centre.level, torch.zeros_like(centre.level))  # level 0: fully centred
     assert fitted["answers"] == len(rows)
+
+
+def test_the_further_gates_sit_after_the_real_model_writes_a_first_1(tmp_path, embedded_checkpoint):
+    config = RunConfig.from_hydra(
+        compose_config(
+            [
+                "adapter=readout",
+                "compute=cpu",
+                "adapter.centre.after_one=true",
+                "trainer.loss_tokens=number",
+            ],
+            tmp_path,
+        )  # fmt: skip
+    )
+    model = models.load_model(embedded_checkpoint, torch.float32, "cpu").eval()
+    tokenizer = models.load_tokenizer(embedded_checkpoint)
+    questions = datasets.Dataset.from_dict(QUESTIONS)
+    first, after_1, after_10 = readout.number_positions(model, tokenizer, questions, config)
+    # the default prompt's examples state 90, 40 and 10: the embedded model says 100 or 10 to
+    # some of these
+    assert after_1 and after_10
+    for row in after_1:
+        # why: each row is a first-digit row followed by the digit 1 it wrote
+        assert tokenizer.decode(row[-1:]) == "1" and row[:-1] in first
+    for row in after_10:
+        assert tokenizer.decode(row[-2:]) == "10" and row[:-1] in after_1
+
+    # the fit: each further gate's mean is the mean of the layer's inputs at its rows
+    adapted = get_peft_model(model, peft_config(config.adapter, embedded_checkpoint))
+    centres = readout.install(adapted, readout.gates(config.adapter.centre))
+    fitted = readout.fit(adapted, tokenizer, questions, config, centres)
+    assert (fitted["answers_after_1"], fitted["answers_after_10"]) == (len(after_1), len(after_10))
+    (layer,) = readout.lora_layers(adapted).values()
+    (centre,) = centres.values()
+    caught = []
+    hook = layer.register_forward_pre_hook(lambda m, args: caught.append(args[0][0, -1]))
+    for j, rows in enumerate([after_1, after_10]):
+        caught.clear()
+        with torch.no_grad(), adapted.disable_adapter():
+            for row in rows:
+                adapted(input_ids=torch.tensor([row]))
+        inputs = torch.stack(caught)
+        torch.testing.assert_close(centre.after_mean[j], inputs.mean(0), atol=1e-4, rtol=1e-4)
+        median = (inputs - inputs.mean(0)).norm(dim=1).median()
+        torch.testing.assert_close(centre.after_radius[j], 5 * median, atol=1e-3, rtol=1e-4)
+    hook.remove()
 
 
 def test_a_model_that_states_no_number_is_refused_and_its_run_marked_failed(tmp_path, mlflow_uri):

@@ -298,8 +298,8 @@ def centre_readout(context: RunContext, trainer, client, run_id) -> None:
     """adapter=readout: centre the LoRA layers' input at the stated number (entropic.readout),
     from the base model's greedy answers to the training pool's first questions, or from the
     checkpoint a resumed run continues."""
-    centres = readout.install(trainer.model)
     centre = context.config.adapter.centre
+    centres = readout.install(trainer.model, readout.gates(centre))
     readout.at_the_number(trainer.model, centres, centre.temperature, centre.shift_rate)
     if context.resume_from:
         readout.restore(context.resume_from, centres)

@@ -112,7 +112,8 @@ def main() -> None:
             # a read-out (adapter=readout): its gate is not a peft module; put it back in the
             # LoRA layers and fill it from the same adapter file, as the job's resume does
             centre = saved["adapter"]["centre"]
-            centres = readout.install(model)
+            after = len(readout.AFTER_ONE) if centre.get("after_one") else 0
+            centres = readout.install(model, after)
             # the distribution the run trained and sampled: its digit temperature and its
             # level's shift included (the shift is filled from the adapter file, as the rest)
             readout.at_the_number(

@@ -59,7 +59,7 @@ def load_trained(run_dir: Path, checkpoint: str | None):
     # as expected_confidence.py loads one: peft's adapter, then the gate, which is no peft
     # module, put back in the LoRA layers and filled from the same file
     model = PeftModel.from_pretrained(context.policy.load_model(), checkpoint)
-    centres = readout.install(model)
+    centres = readout.install(model, readout.gates(config.adapter.centre))
     readout.at_the_number(
         model, centres, config.adapter.centre.temperature, config.adapter.centre.shift_rate
     )
