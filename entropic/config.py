@@ -125,7 +125,8 @@ class CentreConfig:
     # two more gates, where the number's first digit was 1 and where it was "10" (the model
     # chooses there between 10-19, 100 and the end), each with its own mean, radius and shift:
     # the digit 1 starts 100 as well, and without them every run pushes it down, a floor of 20
-    # (experiments/lora_recipe/README.md, p63). Needs trainer.loss_tokens=number
+    # (experiments/lora_recipe/README.md, p63: as fitted they open more widely than that).
+    # Needs trainer.loss_tokens=number
     after_one: bool = False
 
     def __post_init__(self) -> None:
