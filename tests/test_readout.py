@@ -483,47 +483,13 @@ def test_the_number_mask_keeps_the_tokens_at_the_read_out_gates(tokenizer, compl
 
 
 def test_the_fit_centres_where_the_real_model_writes_its_number(tmp_path, embedded_checkpoint):
-    config = RunConfig.from_hydra(
-        compose_config(["adapter=readout", "compute=cpu", "adapter.centre.radius=5"], tmp_path)
-    )
-    model = models.load_model(embedded_checkpoint, torch.float32, "cpu").eval()
-    tokenizer = models.load_tokenizer(embedded_checkpoint)
-    questions = datasets.Dataset.from_dict(QUESTIONS)
-    (rows,) = readout.number_positions(model, tokenizer, questions, config)
-    assert rows  # the embedded model states a number for most of these
-    with torch.no_grad():
-        for row in rows:
-            # why: each row ends where the number's first digit comes next, so the model's own
-            # greedy next token there is a digit
-            following = model(input_ids=torch.tensor([row])).logits[0, -1].argmax()
-            assert tokenizer.decode([int(following)]).strip().isdigit()
-
-    # the fit on the same answers: the mean of those inputs, the gate 5 median distances wide
-    adapted = get_peft_model(model, peft_config(config.adapter, embedded_checkpoint))
-    centres = readout.install(adapted)
-    fitted = readout.fit(adapted, tokenizer, questions, config, centres)
-    (layer,) = readout.lora_layers(adapted).values()
-    caught = []
-    hook = layer.register_forward_pre_hook(lambda m, args: caught.append(args[0][0, -1]))
-    with torch.no_grad():
-        for row in rows:
-            adapted(input_ids=torch.tensor([row]))
-    hook.remove()
-    inputs = torch.stack(caught)
-    (centre,) = centres.values()
-    torch.testing.assert_close(centre.mean, inputs.mean(0), atol=1e-4, rtol=1e-4)
-    median = (inputs - inputs.mean(0)).norm(dim=1).median()
-    torch.testing.assert_close(centre.radius, 5 * median, atol=1e-3, rtol=1e-4)
-    assert torch.equal(centre.level, torch.zeros_like(centre.level))  # level 0: fully centred
-    assert fitted["answers"] == len(rows)
-
-
-def test_the_further_gates_sit_after_the_real_model_writes_a_first_1(tmp_path, embedded_checkpoint):
+    # with the gates after a first 1 as well: one fit on the real model checks all three
     config = RunConfig.from_hydra(
         compose_config(
             [
                 "adapter=readout",
                 "compute=cpu",
+                "adapter.centre.radius=5",
                 "adapter.centre.after_one=true",
                 "trainer.loss_tokens=number",
             ],
@@ -533,35 +499,47 @@ def test_the_further_gates_sit_after_the_real_model_writes_a_first_1(tmp_path, e
     model = models.load_model(embedded_checkpoint, torch.float32, "cpu").eval()
     tokenizer = models.load_tokenizer(embedded_checkpoint)
     questions = datasets.Dataset.from_dict(QUESTIONS)
-    first, after_1, after_10 = readout.number_positions(model, tokenizer, questions, config)
+    rows, after_1, after_10 = readout.number_positions(model, tokenizer, questions, config)
+    assert rows  # the embedded model states a number for most of these
+    with torch.no_grad():
+        for row in rows:
+            # why: each row ends where the number's first digit comes next, so the model's own
+            # greedy next token there is a digit
+            following = model(input_ids=torch.tensor([row])).logits[0, -1].argmax()
+            assert tokenizer.decode([int(following)]).strip().isdigit()
     # the default prompt's examples state 90, 40 and 10: the embedded model says 100 or 10 to
     # some of these
     assert after_1 and after_10
     for row in after_1:
         # why: each row is a first-digit row followed by the digit 1 it wrote
-        assert tokenizer.decode(row[-1:]) == "1" and row[:-1] in first
+        assert tokenizer.decode(row[-1:]) == "1" and row[:-1] in rows
     for row in after_10:
         assert tokenizer.decode(row[-2:]) == "10" and row[:-1] in after_1
 
-    # the fit: each further gate's mean is the mean of the layer's inputs at its rows
+    # the fit on the same answers: for each gate the mean of the layer's inputs at its rows,
+    # and a radius 5 of their median distances from it
     adapted = get_peft_model(model, peft_config(config.adapter, embedded_checkpoint))
     centres = readout.install(adapted, readout.gates(config.adapter.centre))
     fitted = readout.fit(adapted, tokenizer, questions, config, centres)
+    assert fitted["answers"] == len(rows)
     assert (fitted["answers_after_1"], fitted["answers_after_10"]) == (len(after_1), len(after_10))
     (layer,) = readout.lora_layers(adapted).values()
     (centre,) = centres.values()
     caught = []
     hook = layer.register_forward_pre_hook(lambda m, args: caught.append(args[0][0, -1]))
-    for j, rows in enumerate([after_1, after_10]):
+    fitted_means = [centre.mean, *centre.after_mean]
+    fitted_radii = [centre.radius, *centre.after_radius]
+    for gate, gate_rows in enumerate([rows, after_1, after_10]):
         caught.clear()
-        with torch.no_grad(), adapted.disable_adapter():
-            for row in rows:
+        with torch.no_grad():
+            for row in gate_rows:
                 adapted(input_ids=torch.tensor([row]))
         inputs = torch.stack(caught)
-        torch.testing.assert_close(centre.after_mean[j], inputs.mean(0), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(fitted_means[gate], inputs.mean(0), atol=1e-4, rtol=1e-4)
         median = (inputs - inputs.mean(0)).norm(dim=1).median()
-        torch.testing.assert_close(centre.after_radius[j], 5 * median, atol=1e-3, rtol=1e-4)
+        torch.testing.assert_close(fitted_radii[gate], 5 * median, atol=1e-3, rtol=1e-4)
     hook.remove()
+    assert torch.equal(centre.level, torch.zeros_like(centre.level))  # level 0: fully centred
 
 
 def test_a_model_that_states_no_number_is_refused_and_its_run_marked_failed(tmp_path, mlflow_uri):
