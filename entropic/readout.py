@@ -391,7 +391,7 @@ def restore(checkpoint: str, centres: dict[str, CentredInput]) -> None:
                 stored = f"{name}.lora_dropout.{buffer}"
                 if stored not in saved or saved[stored].shape != getattr(centred, buffer).shape:
                     raise trained_without(
-                        checkpoint, name, "gates after a first 1", "after_one=false"
+                        checkpoint, name, "gates after a first 1", "after_one", "false"
                     )
                 getattr(centred, buffer).copy_(saved[stored])
         for parameter in ("shift", "after_shift"):
@@ -399,16 +399,15 @@ def restore(checkpoint: str, centres: dict[str, CentredInput]) -> None:
                 continue
             stored = f"{name}.lora_dropout.{parameter}"
             if stored not in saved:
-                raise trained_without(checkpoint, name, "shift", "shift_rate=0")
+                raise trained_without(checkpoint, name, "shift", "shift_rate", "0")
             with torch.no_grad():
                 getattr(centred, parameter).copy_(saved[stored])
 
 
-def trained_without(checkpoint: str, name: str, what: str, off: str) -> ConfigError:
-    key = off.split("=")[0]
+def trained_without(checkpoint: str, name: str, what: str, key: str, off: str) -> ConfigError:
     return ConfigError(
         f"adapter.centre.{key}: {checkpoint} holds no {what} for {name} (it was trained with "
-        f"adapter.centre.{off}). Fix: resume with the settings it was trained with, or train "
+        f"adapter.centre.{key}={off}). Fix: resume with the settings it was trained with, or train "
         "in a new folder"
     )
 
