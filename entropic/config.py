@@ -128,6 +128,10 @@ class CentreConfig:
     # (experiments/lora_recipe/README.md, p63: as fitted they open more widely than that).
     # Needs trainer.loss_tokens=number
     after_one: bool = False
+    # each further gate's radius: own (radius x its own median distance, as p63 ran) | apart
+    # (that, cut to the nearest input of any other token in the fit's answers, so on them the
+    # gate opens where it was fitted alone; p64)
+    after_radius: str = "apart"
 
     def __post_init__(self) -> None:
         _require(
@@ -150,6 +154,7 @@ class CentreConfig:
             f"{self.shift_rate} is not a rate >= 0",
             "adapter.centre.shift_rate=0",
         )
+        _one_of(self.after_radius, ("own", "apart"), "adapter.centre.after_radius")
 
 
 @dataclass

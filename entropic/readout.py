@@ -45,7 +45,7 @@ from torch import nn
 
 from entropic.config import CentreConfig, ConfigError, RunConfig
 from entropic.evaluate import evaluate
-from entropic.generation import chat_prompt_ids
+from entropic.generation import chat_prompt_ids, left_pad
 from entropic.prompting import build_messages
 from entropic.training import first_digit
 
@@ -53,6 +53,10 @@ from entropic.training import first_digit
 ADAPTER_FILE = "adapter_model.safetensors"
 # answers per forward pass when the fit captures the inputs
 BATCH = 16
+# `adapter.centre.after_radius=apart` cuts a further gate's radius to this x the nearest other
+# token's distance: a padded batch and a single row differ in the last bits, and a radius at
+# that token itself would leave it open or shut by rounding
+APART = 0.99
 
 
 class CentredInput(nn.Module):
@@ -224,30 +228,36 @@ def gates(centre: CentreConfig) -> int:
 
 def number_positions(
     model, tokenizer, questions: datasets.Dataset, config: RunConfig
-) -> list[list[list[int]]]:
+) -> tuple[list[list[list[int]]], list[tuple[list[int], list[int | None]]]]:
     """Token ids of prompt + greedy answer up to where each gate sits, one list of rows per gate:
     first, up to the stated number's first digit (the model's next token is that digit), one row
     per answer that states a number; then, with `adapter.centre.after_one`, up to and including
-    a first digit 1, and up to "10" (`AFTER_ONE`), one row per answer whose number starts so."""
+    a first digit 1, and up to "10" (`AFTER_ONE`), one row per answer whose number starts so.
+    Second, every answer whole (prompt + greedy answer, numbered or not), each with the column
+    of every further gate in it (None where the answer does not reach that gate)."""
     predictions, _ = evaluate(
         model, tokenizer, questions, config.prompt, config.eval, config.generation.name
     )
     after = AFTER_ONE if config.adapter.centre and config.adapter.centre.after_one else ()
     rows: list[list[list[int]]] = [[] for _ in range(1 + len(after))]
+    answers: list[tuple[list[int], list[int | None]]] = []
     for question, completion in zip(
         predictions["question"], predictions["completion"], strict=True
     ):
         ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        prompt = chat_prompt_ids(tokenizer, [build_messages(question, config.prompt)])[0]
+        columns: list[int | None] = [None] * len(after)
+        answers.append((prompt + ids, columns))
         digit = first_digit(ids, tokenizer, config.prompt.format)
         if digit is None:
             continue
-        prompt = chat_prompt_ids(tokenizer, [build_messages(question, config.prompt)])[0]
         rows[0].append(prompt + ids[:digit])
         for gate, start in enumerate(after, 1):
             written = ids[digit : digit + len(start)]
             if tuple(tokenizer.decode([i]) for i in written) == start:
                 rows[gate].append(prompt + ids[: digit + len(start)])
-    return rows
+                columns[gate - 1] = len(rows[gate][-1]) - 1
+    return rows, answers
 
 
 @torch.no_grad()
@@ -294,6 +304,58 @@ def layer_inputs(
     return {name: torch.cat(parts) for name, parts in caught.items()}
 
 
+@torch.no_grad()
+def nearest_elsewhere(
+    model,
+    answers: list[tuple[list[int], list[int | None]]],
+    layers: dict[str, nn.Module],
+    means: dict[str, torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """For each layer, per further gate, the smallest distance from that gate's mean
+    (`means[name]`, (gates, width)) to the layer's input at any token of the whole answers
+    (`number_positions`) but the gate's own ones: a radius under it opens the gate nowhere else
+    in them. Rows are left-padded in batches and run with explicit positions, so the forward is
+    the model's own (entropic.prefix_scoring leaves such calls alone) and every column is that
+    token's input."""
+    nearest = {name: torch.full((len(m),), torch.inf) for name, m in means.items()}
+    counted: dict[str, torch.Tensor] = {}
+
+    def measure(name):
+        def hook(module, args):
+            x = args[0].float()
+            distances = (x.unsqueeze(-2) - means[name].to(x.device)).norm(dim=-1)
+            distances = distances.masked_fill(~counted["mask"], torch.inf).flatten(0, 1)
+            nearest[name] = torch.minimum(nearest[name], distances.min(0).values.cpu())
+
+        return hook
+
+    hooks = [layer.register_forward_pre_hook(measure(name)) for name, layer in layers.items()]
+    device = next(model.parameters()).device
+    gates = len(next(iter(means.values())))
+    try:
+        for start in range(0, len(answers), BATCH):
+            batch = answers[start : start + BATCH]
+            ids, mask = left_pad([row for row, _ in batch], 0)
+            # every real token of every row, for every gate, but that gate's own token
+            counted["mask"] = mask.bool().unsqueeze(-1).repeat(1, 1, gates)
+            for i, (row, columns) in enumerate(batch):
+                for gate, column in enumerate(columns):
+                    if column is not None:
+                        counted["mask"][i, ids.shape[1] - len(row) + column, gate] = False
+            counted["mask"] = counted["mask"].to(device)
+            model(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=((mask.cumsum(-1) - 1).clamp(min=0)).to(device),
+                use_cache=False,
+                logits_to_keep=1,
+            )
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return nearest
+
+
 def fit(
     model,
     tokenizer,
@@ -303,9 +365,12 @@ def fit(
 ) -> dict[str, float]:
     """Fill the installed centres from the base model's greedy answers to `questions` (a
     PeftModel, its adapters switched off for the fit) and its inputs there: each gate's mean,
-    and a radius of `adapter.centre.radius` times its own median distance. Returns what a run
-    logs: the answers used (for each further gate, those that reach it) and, over the layers,
-    the first gate's median distance and radius."""
+    and a radius of `adapter.centre.radius` times its own median distance; with
+    `adapter.centre.after_radius=apart`, a further gate's radius is cut to its nearest input
+    elsewhere in the answers (`nearest_elsewhere`). Returns what a run logs: the answers used
+    (for each further gate, those that reach it), over the layers the first gate's median
+    distance and radius, and for each further gate its radius in its own medians and the share
+    of its own inputs within it."""
     cfg: CentreConfig = config.adapter.centre
     layers = lora_layers(model)
     was_training = model.training
@@ -314,7 +379,7 @@ def fit(
         # the base model's answers and inputs, whatever the adapters hold (the hooks still see
         # each LoRA layer's input)
         with model.disable_adapter():
-            rows = number_positions(model, tokenizer, questions, config)
+            rows, answers = number_positions(model, tokenizer, questions, config)
             if len(rows[0]) < 2:
                 # input the job cannot check before the base model answers: a ConfigError
                 # (exit 2, the fix), and the run it opened ends FAILED
@@ -332,23 +397,39 @@ def fit(
                         "adapter.centre.after_one=false"
                     )
             inputs = [layer_inputs(model, found, layers) for found in rows]
+            nearest = None
+            if len(inputs) > 1 and cfg.after_radius == "apart":
+                means = {
+                    name: torch.stack([gate[name].mean(0) for gate in inputs[1:]])
+                    for name in layers
+                }
+                nearest = nearest_elsewhere(model, answers, layers, means)
     finally:
         model.train(was_training)
     medians, radii = [], []
+    # per further gate, over the layers: its radius in its own medians, its own inputs within
+    further_radii: list[list[float]] = [[] for _ in rows[1:]]
+    inside: list[list[float]] = [[] for _ in rows[1:]]
     for key, centred in centres.items():
         name = key.rsplit(".", 1)[0]
         spread = []
         for gate in inputs:
             x = gate[name]
             mean = x.mean(0)
-            spread.append((mean, (x - mean).norm(dim=1).median()))
-        (mean, median), further = spread[0], spread[1:]
+            distances = (x - mean).norm(dim=1)
+            spread.append((mean, distances.median(), distances))
+        (mean, median, _), further = spread[0], spread[1:]
         centred.mean.copy_(mean)
         centred.radius.fill_(float(cfg.radius * median))
         centred.level.copy_(cfg.level * median * mean / mean.norm())
-        for j, (after_mean, after_median) in enumerate(further):
+        for j, (after_mean, after_median, distances) in enumerate(further):
+            radius = cfg.radius * after_median
+            if nearest is not None:
+                radius = torch.minimum(radius, APART * nearest[name][j])
             centred.after_mean[j].copy_(after_mean)
-            centred.after_radius[j] = cfg.radius * after_median
+            centred.after_radius[j] = radius
+            further_radii[j].append(float(radius / after_median))
+            inside[j].append(float((distances < radius).float().mean()))
         medians.append(float(median))
         radii.append(float(centred.radius))
     fitted = {
@@ -356,8 +437,12 @@ def fit(
         "median_distance": sum(medians) / len(medians),
         "radius": sum(radii) / len(radii),
     }
-    for start, found in zip(AFTER_ONE, rows[1:], strict=False):
-        fitted[f"answers_after_{''.join(start)}"] = float(len(found))
+    further = zip(AFTER_ONE, rows[1:], further_radii, inside, strict=False)
+    for start, found, radius, share in further:
+        gate = "".join(start)
+        fitted[f"answers_after_{gate}"] = float(len(found))
+        fitted[f"radius_after_{gate}"] = sum(radius) / len(radius)
+        fitted[f"inside_after_{gate}"] = sum(share) / len(share)
     return fitted
 
 

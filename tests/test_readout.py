@@ -499,8 +499,15 @@ def test_the_fit_centres_where_the_real_model_writes_its_number(tmp_path, embedd
     model = models.load_model(embedded_checkpoint, torch.float32, "cpu").eval()
     tokenizer = models.load_tokenizer(embedded_checkpoint)
     questions = datasets.Dataset.from_dict(QUESTIONS)
-    rows, after_1, after_10 = readout.number_positions(model, tokenizer, questions, config)
+    (rows, after_1, after_10), answers = readout.number_positions(
+        model, tokenizer, questions, config
+    )
     assert rows  # the embedded model states a number for most of these
+    # why: every answer whole, and each further gate's column in it is its row's last token
+    assert len(answers) == len(questions)
+    for gate_rows, gate in ((after_1, 0), (after_10, 1)):
+        reached = [(whole, columns[gate]) for whole, columns in answers if columns[gate]]
+        assert [whole[: column + 1] for whole, column in reached] == gate_rows
     with torch.no_grad():
         for row in rows:
             # why: each row ends where the number's first digit comes next, so the model's own
@@ -517,7 +524,8 @@ def test_the_fit_centres_where_the_real_model_writes_its_number(tmp_path, embedd
         assert tokenizer.decode(row[-2:]) == "10" and row[:-1] in after_1
 
     # the fit on the same answers: for each gate the mean of the layer's inputs at its rows,
-    # and a radius 5 of their median distances from it
+    # and a radius 5 of their median distances from it, a further gate's cut to the nearest
+    # input of any other token of the whole answers (after_radius=apart, the default)
     adapted = get_peft_model(model, peft_config(config.adapter, embedded_checkpoint))
     centres = readout.install(adapted, readout.gates(config.adapter.centre))
     fitted = readout.fit(adapted, tokenizer, questions, config, centres)
@@ -525,21 +533,50 @@ def test_the_fit_centres_where_the_real_model_writes_its_number(tmp_path, embedd
     assert (fitted["answers_after_1"], fitted["answers_after_10"]) == (len(after_1), len(after_10))
     (layer,) = readout.lora_layers(adapted).values()
     (centre,) = centres.values()
+    # the layer's input at every token of a forward (one row, unpadded)
     caught = []
-    hook = layer.register_forward_pre_hook(lambda m, args: caught.append(args[0][0, -1]))
+    hook = layer.register_forward_pre_hook(lambda m, args: caught.append(args[0][0]))
     fitted_means = [centre.mean, *centre.after_mean]
     fitted_radii = [centre.radius, *centre.after_radius]
+    # every token's input over the whole answers, one unpadded answer at a time, with adapters
+    # off (the base model's inputs, as the fit saw them)
+    caught.clear()
+    with torch.no_grad(), adapted.disable_adapter():
+        for whole, _ in answers:
+            adapted(input_ids=torch.tensor([whole]))
+    everywhere = list(caught)
     for gate, gate_rows in enumerate([rows, after_1, after_10]):
         caught.clear()
-        with torch.no_grad():
+        with torch.no_grad(), adapted.disable_adapter():
             for row in gate_rows:
                 adapted(input_ids=torch.tensor([row]))
-        inputs = torch.stack(caught)
-        torch.testing.assert_close(fitted_means[gate], inputs.mean(0), atol=1e-4, rtol=1e-4)
-        median = (inputs - inputs.mean(0)).norm(dim=1).median()
-        torch.testing.assert_close(fitted_radii[gate], 5 * median, atol=1e-3, rtol=1e-4)
+        inputs = torch.stack([c[-1] for c in caught])
+        mean = inputs.mean(0)
+        torch.testing.assert_close(fitted_means[gate], mean, atol=1e-4, rtol=1e-4)
+        radius = 5 * (inputs - mean).norm(dim=1).median()
+        if gate:
+            # why: the smallest distance from the gate's mean over every token but its own
+            others = torch.cat(
+                [
+                    torch.cat([x[:column], x[column + 1 :]]) if column is not None else x
+                    for x, (_, columns) in zip(everywhere, answers, strict=True)
+                    for column in [columns[gate - 1]]
+                ]
+            )
+            radius = torch.minimum(radius, 0.99 * (others - mean).norm(dim=1).min())
+            assert fitted[f"radius_after_{'1' if gate == 1 else '10'}"] == pytest.approx(
+                float(radius / (inputs - mean).norm(dim=1).median()), rel=1e-3
+            )
+        torch.testing.assert_close(fitted_radii[gate], radius, atol=1e-3, rtol=1e-4)
     hook.remove()
     assert torch.equal(centre.level, torch.zeros_like(centre.level))  # level 0: fully centred
+    # with the adapter on, a further gate opens over the whole answers at its own token alone
+    for whole, columns in answers:
+        with torch.no_grad():
+            adapted(input_ids=torch.tensor([whole]))
+        for gate, column in enumerate(columns, 1):
+            opened = centre.open[0, :, 0] & (centre.which[0] == gate)
+            assert set(torch.nonzero(opened).flatten().tolist()) <= {column} - {None}
 
 
 def test_a_model_that_states_no_number_is_refused_and_its_run_marked_failed(tmp_path, mlflow_uri):
