@@ -42,6 +42,7 @@ from peft.tuners.lora import LoraLayer
 from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
+from tqdm.auto import tqdm
 
 from entropic.config import CentreConfig, ConfigError, RunConfig
 from entropic.evaluate import evaluate
@@ -333,7 +334,9 @@ def nearest_elsewhere(
     device = next(model.parameters()).device
     gates = len(next(iter(means.values())))
     try:
-        for start in range(0, len(answers), BATCH):
+        # every token of every answer, the prompt's too: minutes on a 2-core CPU
+        starts = range(0, len(answers), BATCH)
+        for start in tqdm(starts, desc="read-out gates apart", leave=False):
             batch = answers[start : start + BATCH]
             ids, mask = left_pad([row for row, _ in batch], 0)
             # every real token of every row, for every gate, but that gate's own token
