@@ -34,6 +34,7 @@ puts those tokens in the loss.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import datasets
@@ -47,6 +48,7 @@ from tqdm.auto import tqdm
 from entropic.config import CentreConfig, ConfigError, RunConfig
 from entropic.evaluate import evaluate
 from entropic.generation import chat_prompt_ids, left_pad
+from entropic.prefix_scoring import MIN_SHARED_TOKENS, expand_cache, windowed_layers
 from entropic.prompting import build_messages
 from entropic.training import first_digit
 
@@ -239,7 +241,7 @@ def number_positions(
     predictions, _ = evaluate(
         model, tokenizer, questions, config.prompt, config.eval, config.generation.name
     )
-    after = AFTER_ONE if config.adapter.centre and config.adapter.centre.after_one else ()
+    after = AFTER_ONE[: gates(config.adapter.centre)] if config.adapter.centre else ()
     rows: list[list[list[int]]] = [[] for _ in range(1 + len(after))]
     answers: list[tuple[list[int], list[int | None]]] = []
     for question, completion in zip(
@@ -315,9 +317,9 @@ def nearest_elsewhere(
     """For each layer, per further gate, the smallest distance from that gate's mean
     (`means[name]`, (gates, width)) to the layer's input at any token of the whole answers
     (`number_positions`) but the gate's own ones: a radius under it opens the gate nowhere else
-    in them. Rows are left-padded in batches and run with explicit positions, so the forward is
-    the model's own (entropic.prefix_scoring leaves such calls alone) and every column is that
-    token's input."""
+    in them. The answers' shared prompt prefix runs once and its cache serves every batch of
+    the rest, left-padded behind it with explicit positions, as entropic.prefix_scoring lays
+    out a scoring batch (a model with windowed layers runs each row whole)."""
     nearest = {name: torch.full((len(m),), torch.inf) for name, m in means.items()}
     counted: dict[str, torch.Tensor] = {}
 
@@ -330,15 +332,26 @@ def nearest_elsewhere(
 
         return hook
 
-    hooks = [layer.register_forward_pre_hook(measure(name)) for name, layer in layers.items()]
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    rows = [row for row, _ in answers]
+    shared = 0 if windowed_layers(base.config) else shared_prefix(answers)
+    # transformers 5.x renamed past_key_values to cache, in the arguments and the output
+    parameters = inspect.signature(base.forward).parameters
+    cache_argument = "cache" if "cache" in parameters else "past_key_values"
     device = next(model.parameters()).device
     gates = len(next(iter(means.values())))
+    hooks = [layer.register_forward_pre_hook(measure(name)) for name, layer in layers.items()]
     try:
-        # every token of every answer, the prompt's too: minutes on a 2-core CPU
+        prefix = None
+        if shared:
+            # the prefix holds no gate's own token (`shared_prefix`): every one counts
+            counted["mask"] = torch.ones(1, shared, gates, dtype=torch.bool, device=device)
+            out = model(input_ids=torch.tensor([rows[0][:shared]], device=device), use_cache=True)
+            prefix = getattr(out, cache_argument)
         starts = range(0, len(answers), BATCH)
         for start in tqdm(starts, desc="read-out gates apart", leave=False):
             batch = answers[start : start + BATCH]
-            ids, mask = left_pad([row for row, _ in batch], 0)
+            ids, mask = left_pad([row[shared:] for row, _ in batch], 0)
             # every real token of every row, for every gate, but that gate's own token
             counted["mask"] = mask.bool().unsqueeze(-1).repeat(1, 1, gates)
             for i, (row, columns) in enumerate(batch):
@@ -346,17 +359,36 @@ def nearest_elsewhere(
                     if column is not None:
                         counted["mask"][i, ids.shape[1] - len(row) + column, gate] = False
             counted["mask"] = counted["mask"].to(device)
+            positions = shared + (mask.cumsum(-1) - 1).clamp(min=0)
+            extra = {}
+            if shared:
+                mask = torch.cat([mask.new_ones(len(batch), shared), mask], dim=1)
+                extra = {cache_argument: expand_cache(prefix, len(batch))}
             model(
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),
-                position_ids=((mask.cumsum(-1) - 1).clamp(min=0)).to(device),
-                use_cache=False,
+                position_ids=positions.to(device),
+                use_cache=bool(shared),
                 logits_to_keep=1,
+                **extra,
             )
     finally:
         for hook in hooks:
             hook.remove()
     return nearest
+
+
+def shared_prefix(answers: list[tuple[list[int], list[int | None]]]) -> int:
+    """Tokens every answer's row starts with, short of any gate's own token and of each row's
+    last (0 under `MIN_SHARED_TOKENS`, not worth a call of its own)."""
+    rows = [row for row, _ in answers]
+    limit = min(
+        min([len(row) - 1, *(c for c in columns if c is not None)]) for row, columns in answers
+    )
+    shared = 0
+    while shared < limit and all(row[shared] == rows[0][shared] for row in rows):
+        shared += 1
+    return shared if shared >= MIN_SHARED_TOKENS else 0
 
 
 def fit(

@@ -66,6 +66,27 @@ def test_further_gates_centre_by_the_nearest_open_mean_by_hand():
     assert torch.equal(readout.CentredInput(2, after=2)(x), torch.zeros(5, 2))
 
 
+PROMPT = list(range(100, 112))  # 12 tokens every row starts with
+
+
+@pytest.mark.parametrize(
+    ("answers", "shared"),
+    [
+        # why: two rows that part after the prompt share it whole
+        ([(PROMPT + [1, 2], [None]), (PROMPT + [3], [None])], 12),
+        # why: a gate's own token is never inside the prefix, where it would count as elsewhere
+        ([(PROMPT + [1, 2], [10]), (PROMPT + [3], [None])], 10),
+        # why: every row keeps a token of its own after the prefix, even when rows are equal
+        ([(PROMPT, [None]), (PROMPT, [None])], 11),
+        # why: under MIN_SHARED_TOKENS (8) a prefix is not worth a call of its own
+        ([(PROMPT[:6] + [1], [None]), (PROMPT[:6] + [2], [None])], 0),
+        ([(PROMPT + [1], [5]), (PROMPT + [2], [None])], 0),
+    ],
+)
+def test_the_shared_prefix_stops_before_any_gate_and_each_rows_last_token(answers, shared):
+    assert readout.shared_prefix(answers) == shared
+
+
 def test_readout_adapts_the_last_down_proj_alone(tmp_path):
     trainer, config = tiny_trainer(tmp_path, READOUT)
     layers = readout.lora_layers(trainer.model)
