@@ -14,7 +14,8 @@ in fp32 on a 2-core Zen 1 EPYC (`--answers N` for fewer).
 
     python experiments/lora_recipe/after_one.py outputs/readout_mixed/<time> [...]
 
-Findings (2026-12-01, twenty-second session) are in README.md beside this file.
+Findings (2026-12-01, twenty-second and twenty-third sessions: p63, p64) are in README.md beside
+this file.
 """
 
 from __future__ import annotations
