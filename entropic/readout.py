@@ -285,13 +285,7 @@ def layer_inputs(
     device = next(model.parameters()).device
     try:
         for start in range(0, len(rows), BATCH):
-            batch = rows[start : start + BATCH]
-            width = max(len(r) for r in batch)
-            ids = torch.zeros(len(batch), width, dtype=torch.long)
-            mask = torch.zeros(len(batch), width, dtype=torch.long)
-            for i, r in enumerate(batch):
-                ids[i, width - len(r) :] = torch.tensor(r)
-                mask[i, width - len(r) :] = 1
+            ids, mask = left_pad(rows[start : start + BATCH], 0)
             latest.clear()
             model(
                 input_ids=ids.to(device),
