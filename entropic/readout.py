@@ -34,7 +34,6 @@ puts those tokens in the loss.
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 import datasets
@@ -47,8 +46,14 @@ from tqdm.auto import tqdm
 
 from entropic.config import CentreConfig, ConfigError, RunConfig
 from entropic.evaluate import evaluate
-from entropic.generation import chat_prompt_ids, left_pad
-from entropic.prefix_scoring import MIN_SHARED_TOKENS, expand_cache, windowed_layers
+from entropic.generation import chat_prompt_ids, common_prefix_length, left_pad
+from entropic.prefix_scoring import (
+    MIN_SHARED_TOKENS,
+    cache_argument,
+    expand_cache,
+    rows_after_prefix,
+    windowed_layers,
+)
 from entropic.prompting import build_messages
 from entropic.training import first_digit
 
@@ -329,9 +334,7 @@ def nearest_elsewhere(
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     rows = [row for row, _ in answers]
     shared = 0 if windowed_layers(base.config) else shared_prefix(answers)
-    # transformers 5.x renamed past_key_values to cache, in the arguments and the output
-    parameters = inspect.signature(base.forward).parameters
-    cache_argument = "cache" if "cache" in parameters else "past_key_values"
+    cache_name = cache_argument(model)
     device = next(model.parameters()).device
     gates = len(next(iter(means.values())))
     hooks = [layer.register_forward_pre_hook(measure(name)) for name, layer in layers.items()]
@@ -341,23 +344,19 @@ def nearest_elsewhere(
             # the prefix holds no gate's own token (`shared_prefix`): every one counts
             counted["mask"] = torch.ones(1, shared, gates, dtype=torch.bool, device=device)
             out = model(input_ids=torch.tensor([rows[0][:shared]], device=device), use_cache=True)
-            prefix = getattr(out, cache_argument)
+            prefix = getattr(out, cache_name)
         starts = range(0, len(answers), BATCH)
         for start in tqdm(starts, desc="read-out gates apart", leave=False):
             batch = answers[start : start + BATCH]
-            ids, mask = left_pad([row[shared:] for row, _ in batch], 0)
+            ids, mask, positions = rows_after_prefix([row[shared:] for row, _ in batch], shared, 0)
             # every real token of every row, for every gate, but that gate's own token
-            counted["mask"] = mask.bool().unsqueeze(-1).repeat(1, 1, gates)
+            counted["mask"] = mask[:, shared:].bool().unsqueeze(-1).repeat(1, 1, gates)
             for i, (row, columns) in enumerate(batch):
                 for gate, column in enumerate(columns):
                     if column is not None:
                         counted["mask"][i, ids.shape[1] - len(row) + column, gate] = False
             counted["mask"] = counted["mask"].to(device)
-            positions = shared + (mask.cumsum(-1) - 1).clamp(min=0)
-            extra = {}
-            if shared:
-                mask = torch.cat([mask.new_ones(len(batch), shared), mask], dim=1)
-                extra = {cache_argument: expand_cache(prefix, len(batch))}
+            extra = {cache_name: expand_cache(prefix, len(batch))} if shared else {}
             model(
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),
@@ -375,13 +374,8 @@ def nearest_elsewhere(
 def shared_prefix(answers: list[tuple[list[int], list[int | None]]]) -> int:
     """Tokens every answer's row starts with, short of any gate's own token and of each row's
     last (0 under `MIN_SHARED_TOKENS`, not worth a call of its own)."""
-    rows = [row for row, _ in answers]
-    limit = min(
-        min([len(row) - 1, *(c for c in columns if c is not None)]) for row, columns in answers
-    )
-    shared = 0
-    while shared < limit and all(row[shared] == rows[0][shared] for row in rows):
-        shared += 1
+    columns = [column for _, found in answers for column in found if column is not None]
+    shared = min([common_prefix_length([row for row, _ in answers]), *columns])
     return shared if shared >= MIN_SHARED_TOKENS else 0
 
 

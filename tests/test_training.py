@@ -21,6 +21,7 @@ from entropic.evaluate import HELD_OUT
 from entropic.prefix_scoring import (
     common_prefix_length,
     real_columns,
+    rows_after_prefix,
     share_prompt_prefix,
     shared_prefix_calls,
 )
@@ -248,6 +249,21 @@ def test_a_sliding_window_model_keeps_its_own_scoring_forward():
 def test_the_common_prefix_is_counted_on_each_rows_real_tokens(input_ids, mask, expected):
     starts, ends = real_columns(torch.tensor(mask))
     assert common_prefix_length(torch.tensor(input_ids), starts, ends) == expected
+
+
+def test_rows_after_a_prefix_are_right_aligned_with_positions_counting_on_from_it():
+    # why: generation's prefill and the read-out's gates-apart pass run rows on a copied prefix
+    # cache; a row's tokens must sit at positions prefix_length.. whatever its padding, and the
+    # mask must cover the prefix for every row (worked out by hand for a 3-token prefix)
+    ids, mask, positions = rows_after_prefix([[7, 8], [5], [4, 5, 6]], 3, pad_token_id=0)
+    assert ids.tolist() == [[0, 7, 8], [0, 0, 5], [4, 5, 6]]
+    assert mask.tolist() == [[1, 1, 1, 0, 1, 1], [1, 1, 1, 0, 0, 1], [1, 1, 1, 1, 1, 1]]
+    assert positions.tolist() == [[0, 3, 4], [0, 0, 3], [3, 4, 5]]
+    # why: with no prefix the layout is plain left padding, positions from 0
+    ids, mask, positions = rows_after_prefix([[7, 8], [5]], 0, pad_token_id=2)
+    assert ids.tolist() == [[7, 8], [2, 5]]
+    assert mask.tolist() == [[1, 1], [0, 1]]
+    assert positions.tolist() == [[0, 1], [0, 0]]
 
 
 def test_a_mask_with_a_hole_is_not_a_layout_to_share():
