@@ -70,7 +70,6 @@ from transformers.generation import (
 from entropic.prefix_scoring import (
     cache_argument,
     expand_cache,
-    rows_after_prefix,
     windowed_layers,
 )
 
@@ -526,6 +525,19 @@ def left_pad(prompts: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor,
         input_ids[row, width - len(ids) :] = torch.tensor(ids)
         mask[row, width - len(ids) :] = 1
     return input_ids, mask
+
+
+def rows_after_prefix(
+    rows: list[list[int]], prefix_length: int, pad_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token ids, attention mask and position ids of `rows` (each row's tokens after a shared
+    prefix of `prefix_length`, whose cache `expand_cache` copies to every row): the rows
+    left-padded (`left_pad`), the mask covering the prefix and each row's own tokens,
+    positions counting on from the prefix (padding gets 0; it is masked)."""
+    input_ids, own = left_pad(rows, pad_token_id)
+    mask = torch.cat([own.new_ones(len(rows), prefix_length), own], dim=1)
+    positions = (prefix_length + own.cumsum(-1) - 1) * own
+    return input_ids, mask, positions
 
 
 def _hf_generate(model, request: _Request) -> Generated:

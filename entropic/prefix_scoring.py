@@ -74,26 +74,6 @@ def cache_argument(model: torch.nn.Module) -> str:
     return "cache" if "cache" in parameters else "past_key_values"
 
 
-def rows_after_prefix(
-    rows: list[list[int]], prefix_length: int, pad_token_id: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Token ids, attention mask and position ids of `rows` (each row's tokens after a shared
-    prefix of `prefix_length`, whose cache `expand_cache` copies to every row): the rows
-    right-aligned behind masked padding, the mask covering the prefix and each row's own
-    tokens, positions counting on from the prefix (padding gets 0; it is masked)."""
-    n, width = len(rows), max(len(row) for row in rows)
-    input_ids = torch.full((n, width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros(n, prefix_length + width, dtype=torch.long)
-    mask[:, :prefix_length] = 1
-    positions = torch.zeros(n, width, dtype=torch.long)
-    for i, row in enumerate(rows):
-        gap = width - len(row)
-        input_ids[i, gap:] = torch.tensor(row, dtype=torch.long)
-        mask[i, prefix_length + gap :] = 1
-        positions[i, gap:] = torch.arange(prefix_length, prefix_length + len(row))
-    return input_ids, mask, positions
-
-
 def expand_cache(prefix: DynamicCache, rows: int) -> DynamicCache:
     """A cache whose `rows` rows each start with `prefix` (batch 1). expand() is a view: the
     cache's first update copies it once per row, and gradients flow back into the prefix."""

@@ -46,12 +46,16 @@ from tqdm.auto import tqdm
 
 from entropic.config import CentreConfig, ConfigError, RunConfig
 from entropic.evaluate import evaluate
-from entropic.generation import chat_prompt_ids, common_prefix_length, left_pad
+from entropic.generation import (
+    chat_prompt_ids,
+    common_prefix_length,
+    left_pad,
+    rows_after_prefix,
+)
 from entropic.prefix_scoring import (
     MIN_SHARED_TOKENS,
     cache_argument,
     expand_cache,
-    rows_after_prefix,
     windowed_layers,
 )
 from entropic.prompting import build_messages

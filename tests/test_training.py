@@ -18,10 +18,10 @@ from entropic import models, tracking
 from entropic.config import RunConfig
 from entropic.data import load_eval_questions
 from entropic.evaluate import HELD_OUT
+from entropic.generation import rows_after_prefix
 from entropic.prefix_scoring import (
     common_prefix_length,
     real_columns,
-    rows_after_prefix,
     share_prompt_prefix,
     shared_prefix_calls,
 )
