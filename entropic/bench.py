@@ -38,7 +38,12 @@ a shared 2-core box move with whatever else runs. Five sections:
    generation with the `prefix_cache.generate` timer; the last one has adapters on the top 8
    layers only (`adapter.top_layers=8`: the backward pass stops at the lowest adapted layer).
    `shared_prefix_calls` counts the scoring forwards that computed the shared prefix once (0 for
-   TRL's scoring).
+   TRL's scoring). `completion_tokens` is the tokens a step sampled (TRL's logged
+   `completions/mean_length` x the step's completions), over the same steps: the rollouts are
+   sampled, so two variants' generation times differ by their lengths too (the same engine's
+   generation took 2.35 s in one row and 4.21 s in another: experiments/lora_recipe/README.md,
+   "The GRPO step on an Intel Xeon with AMX"). Compare generation per token, or time more
+   `--steps`.
 4. Reward overhead: each reward (and clusterer) on one step's worth of sampled completions, as a
    share of the fp32 step.
 5. Test-time cost of uncertainty: the model's single greedy answer with its stated confidence
@@ -453,6 +458,14 @@ def grpo_step(
     block = {
         name: mean([per_step[s] for s in sorted(per_step)]) for name, per_step in blocks.items()
     }
+    # TRL logs the mean completion length of every step (logging_steps is 1) to the trainer's
+    # log history, in step order
+    lengths = [
+        entry["completions/mean_length"]
+        for entry in trainer.state.log_history
+        if "completions/mean_length" in entry
+    ]
+    completions = config.trainer.per_device_train_batch_size
     prepare_inputs = block.get("_prepare_inputs", 0.0)
     generation = block.get(GENERATION_TIMERS[chosen.rollout], 0.0)
     rewards = block.get("_calculate_rewards", 0.0)
@@ -462,7 +475,11 @@ def grpo_step(
         "reward_s": rewards,
         "other_scoring_s": prepare_inputs - generation - rewards,
         "optimisation_s": step - prepare_inputs,
-        "completions_per_step": config.trainer.per_device_train_batch_size,
+        "completions_per_step": completions,
+        # (not reported where trainer.logging_steps left steps out of the history)
+        "completion_tokens": (
+            completions * mean(lengths) if len(lengths) == len(timer.seconds) else None
+        ),
         "shared_prefix_calls": shared_prefix_calls(trainer.model),
         "trl_profiling_s": dict(block),
     }
@@ -629,6 +646,7 @@ def markdown(results: dict[str, Any]) -> str:
                 "step_s",
                 "vs_first",
                 "generation_s",
+                "completion_tokens",
                 "reward_s",
                 "other_scoring_s",
                 "optimisation_s",

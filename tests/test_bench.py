@@ -104,6 +104,10 @@ def test_bench_measures_every_section_and_writes_json_and_markdown(
         assert step["optimisation_s"] > 0
         # why: the step's batch, from compute.cpu_scale
         assert step["completions_per_step"] == 4
+        # why: TRL's own count of the step's sampled tokens: 4 completions of at least one token
+        # and at most the CPU profile's 32 (compute.cpu_scale.max_completion_length) each; a
+        # metric read from the wrong key or run would be missing, not a number in this range
+        assert 4 <= step["completion_tokens"] <= 4 * 32, step["variant"]
         # why: a row timed with TRL's scoring must not compute the shared prefix once, and one
         # timed with ours must have (2 steps, each scoring the batch at least once)
         if variant.scoring == "ours":
