@@ -664,3 +664,6 @@ def test_a_readout_job_fits_its_centre_once_and_resumes_with_it(
     assert run.info.status == "FINISHED"
     assert run.data.metrics["readout/answers"] >= 2
     assert run.data.params["adapter.centre.radius"] == "5.0"
+    # why: the recipe runs in fp32 on every processor (its runs repeat across processors only in
+    # fp32), where `dtype: auto` would pick bf16 on one with bf16 instructions
+    assert run.data.params["model.resolved_dtype"] == "float32"
