@@ -19,7 +19,7 @@ from entropic.report.definition import (
 from entropic.report.labels import label_conditions
 from entropic.report.numbers import BOUNDS, interval, percent
 from entropic.report.runs import find_parents, load_sweep
-from entropic.report.sections import BEHAVIOUR_COLUMNS, TRANSFER_METRICS
+from entropic.report.sections import BEHAVIOUR_COLUMNS, TRANSFER_METRICS, main_numbers
 from entropic.report.traces import moved_most
 from entropic.sweeps import SWEEP_TAG
 
@@ -296,6 +296,22 @@ def test_report_is_written_and_logged_to_the_parent_run(reports, smoke_runs, smo
     assert {f"report/{study}/report.md", f"report/{study}/training_curves.png"} <= logged
 
 
+def point_params(seed: int, fraction: float, **more) -> dict:
+    """The params of a sweep's point that the report reads, as a run logs them, with `more`."""
+    return {
+        "seed": seed,
+        "reward.labeled_fraction": fraction,
+        "trainer.epochs": 2,
+        "data.train_size": 1600,
+        "data.train_questions_used": 32,
+        "data.eval_questions_used": 200,
+        "eval.periodic_size": 100,
+        "train": True,
+        "prompt.name": "default",
+        **more,
+    }
+
+
 def logged_sweep(client: MlflowClient, experiment_id: str, started: int, points) -> str:
     """A sweep as entropic.sweeps and entropic.jobs.train leave it in MLflow: a parent run, and a
     child per point with the params the report reads and eval/* before (step 0) and after (step
@@ -309,18 +325,7 @@ def logged_sweep(client: MlflowClient, experiment_id: str, started: int, points)
             tags={SWEEP_TAG: "mix_ratio", "mlflow.parentRunId": parent.info.run_id},
         )
         run_id = child.info.run_id
-        params = {
-            "seed": seed,
-            "reward.labeled_fraction": fraction,
-            "trainer.epochs": 2,
-            "data.train_size": 1600,
-            "data.train_questions_used": 32,
-            "data.eval_questions_used": 200,
-            "eval.periodic_size": 100,
-            "train": True,
-            "prompt.name": "default",
-            **(more[0] if more else {}),
-        }
+        params = point_params(seed, fraction, **(more[0] if more else {}))
         for key, value in params.items():
             client.log_param(run_id, key, str(value))
         for metric in METRIC_NAMES:
@@ -466,6 +471,71 @@ def test_conditions_that_would_share_a_label_keep_separate_rows(mlflow_uri):
         "100% Brier (reward.name=brier)": [0.10],
         "100% Brier (reward.name=rlcr)": [0.20],
         "50/50 Mixed": [0.30],
+    }
+
+
+# Three arms as sweeps/rl_vs_prompting.yaml runs them: (name, trained, prompt, dtype, seed, the
+# calibration gap at step 0, after training). The two RL arms start from different untrained
+# models (their prompts and dtypes differ); the prompt arm evaluates once, in Run C's dtype.
+ARMS = [
+    ("scarce_mixed", True, "default", "bfloat16", 0, 0.20, 0.05),
+    ("scarce_mixed", True, "default", "bfloat16", 1, 0.20, -0.10),
+    ("readout_mixed", True, "middle_scale", "float32", 0, 0.04, 0.02),
+    ("readout_mixed", True, "middle_scale", "float32", 1, 0.04, 0.06),
+    ("prompting_baseline", False, "calibration_aggressive", "bfloat16", 0, 0.15, 0.15),
+]
+
+
+def test_arms_that_start_from_different_models_get_an_untrained_row_each(mlflow_uri):
+    # why: a mean of two untrained models' step 0 is neither model, and a prompt's reduction
+    # measured against it would credit or blame the prompt for the other arm's start
+    client = MlflowClient(mlflow_uri)
+    experiment_id = client.create_experiment("rl_vs_prompting")
+    parent = client.create_run(experiment_id, tags={SWEEP_TAG: "rl_vs_prompting"})
+    for i, (name, trained, prompt, dtype, seed, before, after) in enumerate(ARMS):
+        child = client.create_run(
+            experiment_id,
+            start_time=1_000 + i,
+            run_name=f"{name}-seed{seed}",
+            tags={SWEEP_TAG: "rl_vs_prompting", "mlflow.parentRunId": parent.info.run_id},
+        )
+        run_id = child.info.run_id
+        params = point_params(
+            seed,
+            0.5,
+            name=name,
+            train=trained,
+            **{"prompt.name": prompt, "model.name": "smollm2_135m", "model.resolved_dtype": dtype},
+        )
+        for key, value in params.items():
+            client.log_param(run_id, key, str(value))
+        client.log_metric(run_id, "eval/calibration_gap", before, step=0)
+        if trained:
+            client.log_metric(run_id, "eval/calibration_gap", after, step=4)
+        client.set_terminated(run_id, "FINISHED")
+    client.set_terminated(parent.info.run_id, "FINISHED")
+
+    definition = load_definition("rl_vs_prompting")
+    sweep = load_sweep(client, [parent.info.run_id])
+    groups = label_conditions(sweep.runs, sweep.params, definition.conditions)
+    table = main_numbers(definition, groups)
+    gaps = table["calibration_gap_mean"].round(6).to_dict()
+    reductions = table["reduction_mean"].round(6).dropna().to_dict()
+    assert gaps == {
+        "Untrained (prompt default, dtype bfloat16)": 0.20,
+        "Untrained (prompt middle_scale, dtype float32)": 0.04,
+        "Aggressive prompting": 0.15,
+        "RL training (read-out)": 0.04,
+        "RL training": -0.025,
+    }
+    assert reductions == {
+        # against the untrained model in its own dtype: 1 - .15 / .20 (not the mean of all
+        # step 0s, .12, which would make it -.25)
+        "Aggressive prompting": 0.25,
+        # each run against its own step 0: (1 - .02/.04 + 1 - .06/.04) / 2
+        "RL training (read-out)": 0.0,
+        # (1 - .05/.20 + 1 - .10/.20) / 2
+        "RL training": 0.625,
     }
 
 

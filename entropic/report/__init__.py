@@ -25,7 +25,8 @@ Words, as this package uses them:
   out; of two runs with the same condition and seed, the newer counts and the report names the
   older.
 - *row*: a line of a table: a condition under the label its study.yaml gives it, or the untrained
-  model (step 0 of the trained runs: same model, questions and greedy decoding).
+  model (step 0 of the trained runs: same model, questions and greedy decoding; a row per prompt
+  and dtype where the trained runs start from several).
 - *reference*: the write-up's number for a row, shown beside ours.
 - "experiment" is said in full: an *MLflow experiment* (a container of runs) or an *experiment
   config* (`conf/experiment/<name>.yaml`, a Hydra delta); `experiments/` is the studies folder.

@@ -7,6 +7,7 @@ with each seed's value as a dot and the reference as black diamonds; the trainin
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable
 
 import matplotlib
@@ -68,7 +69,9 @@ def bar_figure(numbers: pd.DataFrame, metrics: dict[str, str], title: str) -> pl
                 at, mean, yerr=error, capsize=4, color="tab:blue", alpha=0.8, label="ours, 95% CI"
             ),
         )  # fmt: skip
-        ax.set_xticks(x, list(numbers.index), fontsize=8)
+        # wrapped: a row named by what sets it apart ("Untrained (prompt middle_scale, dtype
+        # float32)") would run into its neighbours
+        ax.set_xticks(x, [textwrap.fill(str(label), 12) for label in numbers.index], fontsize=7)
     fig.suptitle(title, fontsize=11)
     legend_below(fig, axes[0][0])
     return fig

@@ -202,6 +202,9 @@ def point_values(params: dict[str, str]) -> dict[str, object]:
         "periodic_size": int(params["eval.periodic_size"]),
         "trained": params["train"] == "True",
         "prompt": params["prompt.name"],
+        # with the prompt, what step 0 evaluates: the model and the dtype it ran in
+        "model": params.get("model.name", NOT_LOGGED),
+        "dtype": params.get("model.resolved_dtype", params.get("model.dtype", NOT_LOGGED)),
         # which Answer/Confidence lines count, and whether completions hold reasoning
         "prompt_format": params.get("prompt.format", "lines"),
     }

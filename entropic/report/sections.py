@@ -55,6 +55,9 @@ BEHAVIOUR_COLUMNS = {
 }
 # The untrained row's label in the transfer and behaviour tables.
 UNTRAINED = "Untrained"
+# What makes two trained runs' step 0 one untrained model (greedy evaluation of one model, in one
+# dtype, under one prompt); runs that differ in one of these start from different models.
+UNTRAINED_KEY = ("prompt", "model", "dtype")
 # Rows of the transfer and behaviour tables: label -> (its runs, "before" or "after" training).
 Rows = dict[str, tuple[pd.DataFrame, str]]
 
@@ -88,8 +91,35 @@ class Study:
     @property
     def trained(self) -> pd.DataFrame:
         """Every trained run of the study's conditions (step 0 of them is the untrained model)."""
-        runs = pd.concat(self.groups.values())
-        return runs[runs["trained"]]
+        return trained_runs(self.groups)
+
+
+def trained_runs(groups: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    runs = pd.concat(groups.values())
+    return runs[runs["trained"]]
+
+
+def untrained_models(trained: pd.DataFrame, label: str) -> dict[str, pd.DataFrame]:
+    """The trained runs grouped by the untrained model their step 0 evaluated (UNTRAINED_KEY),
+    in the order they come: one group under `label` when they share one, else each under
+    `label (prompt middle_scale, dtype float32)`, naming what sets it apart (two RL arms with
+    their own prompts start from two models, and a mean of the two would be neither)."""
+    if trained.empty:
+        return {}
+    keys = pd.Series(
+        [tuple(str(run[name]) for name in UNTRAINED_KEY) for _, run in trained.iterrows()],
+        index=trained.index,
+    )
+    distinct = list(dict.fromkeys(keys))
+    if len(distinct) == 1:
+        return {label: trained}
+    differing = [i for i in range(len(UNTRAINED_KEY)) if len({key[i] for key in distinct}) > 1]
+    return {
+        f"{label} ({', '.join(f'{UNTRAINED_KEY[i]} {key[i]}' for i in differing)})": trained[
+            keys == key
+        ]
+        for key in distinct
+    }
 
 
 def build(definition: StudyDefinition, sweep: SweepRuns) -> Report:
@@ -135,20 +165,26 @@ def main_numbers(definition: StudyDefinition, groups: dict[str, pd.DataFrame]) -
     `reduction` is how much of the untrained model's calibration gap is gone, by size:
     1 - |gap| / |untrained gap|, so a run that overshoots to underconfidence (+21 -> -10) has
     removed half its miscalibration, not 149% of it. A trained run is measured against its own
-    step 0, a run never trained against the mean step 0 of the trained runs (greedy evaluation
-    makes step 0 the same for every seed).
+    step 0, a run never trained (a prompt alone) against the mean step 0 of the trained runs of
+    its model and dtype, or of all trained runs where none shares them (greedy evaluation makes
+    step 0 the same for every seed). Trained runs that start from different untrained models
+    (`untrained_models`) get an untrained row each.
     """
     values = {label: stage(runs, "after") for label, runs in groups.items()}
-    runs = pd.concat(groups.values())
-    trained = runs[runs["trained"]]
+    trained = trained_runs(groups)
     untrained = stage(trained, "before")
-    if definition.table.untrained_row and not trained.empty:
-        values = {definition.table.untrained_row: untrained.assign(reduction=math.nan)} | values
+    if definition.table.untrained_row:
+        rows = untrained_models(trained, definition.table.untrained_row)
+        values = {
+            label: stage(runs, "before").assign(reduction=math.nan) for label, runs in rows.items()
+        } | values
     if "reduction" in definition.table.metrics:
-        untrained_gap = untrained["calibration_gap"].mean()
         for label, runs in groups.items():
             baseline = untrained["calibration_gap"].reindex(runs.index)
-            baseline = baseline.where(runs["trained"], untrained_gap)
+            for run_id, run in runs[~runs["trained"]].iterrows():
+                same = (trained["model"] == run["model"]) & (trained["dtype"] == run["dtype"])
+                gaps = untrained["calibration_gap"]
+                baseline[run_id] = (gaps[same] if same.any() else gaps).mean()
             gap = values[label]["calibration_gap"]
             values[label]["reduction"] = 1 - gap.abs() / baseline.abs()
     return with_reference(summarize(values, definition.table.metrics), definition.reference)
@@ -198,16 +234,22 @@ def paired_differences(study: Study, section: Section) -> Rendered:
 
 
 def untrained(study: Study, section: Section) -> Rendered:
-    """The untrained model in one line: step 0 of the trained runs."""
-    before = summarize({UNTRAINED: stage(study.trained, "before")}, DESCRIBED_METRICS)
-    row = before.iloc[0]
-    text = (
-        "Before training (step 0 of the same runs): accuracy "
-        f"{percent(row['accuracy_mean'])}, calibration gap "
-        f"{percent(row['calibration_gap_mean'], signed=True)}, mean confidence "
-        f"{percent(row['confidence_mean'])}."
+    """The untrained model in one line (a line each where the trained runs start from several):
+    step 0 of the trained runs."""
+    models = untrained_models(study.trained, UNTRAINED)
+    before = summarize(
+        {label: stage(runs, "before") for label, runs in models.items()}, DESCRIBED_METRICS
     )
-    return text, {}, {}
+    lines = []
+    for label, row in before.iterrows():
+        which = label.removeprefix(UNTRAINED).strip(" ()")
+        lines.append(
+            f"Before training (step 0 of the same runs{', ' + which if which else ''}): accuracy "
+            f"{percent(row['accuracy_mean'])}, calibration gap "
+            f"{percent(row['calibration_gap_mean'], signed=True)}, mean confidence "
+            f"{percent(row['confidence_mean'])}."
+        )
+    return "\n\n".join(lines), {}, {}
 
 
 # The metrics of the untrained line.
@@ -224,8 +266,10 @@ def text(study: Study, section: Section) -> Rendered:
 
 def before_after_rows(study: Study) -> Rows:
     """The untrained model (step 0 of every trained run: greedy, so one model on one question
-    set) and each condition after training (or its one evaluation, never trained)."""
-    rows: Rows = {UNTRAINED: (study.trained, "before")} if not study.trained.empty else {}
+    set; a row per model where they start from several) and each condition after training (or
+    its one evaluation, never trained)."""
+    models = untrained_models(study.trained, UNTRAINED)
+    rows: Rows = {label: (runs, "before") for label, runs in models.items()}
     return rows | {label: (runs, "after") for label, runs in study.groups.items()}
 
 
