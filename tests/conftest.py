@@ -91,8 +91,10 @@ def embedded_checkpoint() -> str:
 
 
 # The smoke sweep: rl_vs_prompting for one seed (two points: the prompting baseline, which only
-# evaluates, and Run C) on a few questions and two GRPO steps, with a periodic evaluation at step 1.
+# evaluates, and Run C; the read-out arm's centre fit would add minutes) on a few questions and
+# two GRPO steps, with a periodic evaluation at step 1.
 SMOKE_SWEEP = [
+    "experiment=prompting_baseline,scarce_mixed",
     "seed=0",
     "compute=cpu",
     "compute.cpu_scale.train_questions=4",

@@ -79,9 +79,14 @@ GRIDS = {
     ),
     # why: the abundant pool for one epoch, labels 100% / 50% / 0%
     "abundant_ablation": points([(5000, lf, 1, True, "default") for lf in (1.0, 0.5, 0.0)]),
-    # why: the calibration prompt without training against Run C with the default prompt
+    # why: the calibration prompt without training against Run C with the default prompt, and
+    # against the read-out (one epoch over its 512 questions, examples stating 60, 40, 20)
     "rl_vs_prompting": points(
-        [(1600, 0.5, 1, False, "calibration_aggressive"), (1600, 0.5, 2, True, "default")]
+        [
+            (1600, 0.5, 1, False, "calibration_aggressive"),
+            (1600, 0.5, 2, True, "default"),
+            (1600, 0.5, 1, True, "middle_scale"),
+        ]
     ),
 }
 
