@@ -56,8 +56,10 @@ BEHAVIOUR_COLUMNS = {
 # The untrained row's label in the transfer and behaviour tables.
 UNTRAINED = "Untrained"
 # What makes two trained runs' step 0 one untrained model (greedy evaluation of one model, in one
-# dtype, under one prompt); runs that differ in one of these start from different models.
-UNTRAINED_KEY = ("prompt", "model", "dtype")
+# dtype, under one prompt); runs that differ in one of these start from different models. A
+# prompt-only arm is the untrained model of its MODEL_KEY under another prompt.
+MODEL_KEY = ("model", "dtype")
+UNTRAINED_KEY = ("prompt", *MODEL_KEY)
 # Rows of the transfer and behaviour tables: label -> (its runs, "before" or "after" training).
 Rows = dict[str, tuple[pd.DataFrame, str]]
 
@@ -179,11 +181,11 @@ def main_numbers(definition: StudyDefinition, groups: dict[str, pd.DataFrame]) -
             label: stage(runs, "before").assign(reduction=math.nan) for label, runs in rows.items()
         } | values
     if "reduction" in definition.table.metrics:
+        gaps = untrained["calibration_gap"]
         for label, runs in groups.items():
-            baseline = untrained["calibration_gap"].reindex(runs.index)
+            baseline = gaps.reindex(runs.index)
             for run_id, run in runs[~runs["trained"]].iterrows():
-                same = (trained["model"] == run["model"]) & (trained["dtype"] == run["dtype"])
-                gaps = untrained["calibration_gap"]
+                same = (trained[list(MODEL_KEY)] == run[list(MODEL_KEY)]).all(axis=1)
                 baseline[run_id] = (gaps[same] if same.any() else gaps).mean()
             gap = values[label]["calibration_gap"]
             values[label]["reduction"] = 1 - gap.abs() / baseline.abs()
